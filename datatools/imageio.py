@@ -1,0 +1,66 @@
+"""Decoding raw images and masks, with errors that name the file and what is wrong."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from datatools.errors import DatasetError
+from datatools.records import Ellipse
+
+# Pillow refuses truncated files by default; keep it that way (a truncated image is an error).
+Image.LOAD_TRUNCATED_IMAGES = False
+
+
+def decode_image_bytes(data: bytes, path: Path) -> Image.Image:
+    """Fully decode image bytes (so truncated files fail here, not later)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: image does not decode ({exc})") from None
+    return img
+
+
+def image_channels(img: Image.Image) -> int:
+    """1 for grayscale-like modes, 3 for colour ones (what a model's input layer needs)."""
+    return 1 if img.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
+
+
+def read_mask_file(path: Path, expected_size: tuple[int, int]) -> np.ndarray:
+    """Read a mask file as a 0/1 array: apply any palette (luminance), then test > 0."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: mask cannot be read ({exc.strerror or exc})") from None
+    img = decode_image_bytes(data, path)
+    if img.mode != "L":
+        img = img.convert("L")
+    mask = (np.asarray(img) > 0).astype(np.uint8)
+    if mask.shape != expected_size:
+        h, w = expected_size
+        raise DatasetError(
+            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {w}x{h}"
+        )
+    return mask
+
+
+def rasterise_ellipse(ellipse: Ellipse, size: tuple[int, int]) -> np.ndarray:
+    """Filled ellipse as a 0/1 mask (older DAGM release labels)."""
+    h, w = size
+    mask = np.zeros((h, w), dtype=np.uint8)
+    cv2.ellipse(
+        mask,
+        center=(int(round(ellipse.cx)), int(round(ellipse.cy))),
+        axes=(max(int(round(ellipse.semi_major)), 1), max(int(round(ellipse.semi_minor)), 1)),
+        angle=float(np.degrees(ellipse.angle)),
+        startAngle=0,
+        endAngle=360,
+        color=1,
+        thickness=-1,
+    )
+    return mask

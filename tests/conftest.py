@@ -1,0 +1,23 @@
+"""Shared test fixtures: paths to the repository and to the real dataset samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# CI clones the project with `shared/` beside it: ../shared/fixtures/real holds real samples.
+REAL_FIXTURES = REPO.parent / "shared" / "fixtures" / "real"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def real_fixtures() -> Path:
+    if not REAL_FIXTURES.is_dir():
+        pytest.fail(f"real fixtures not found at {REAL_FIXTURES}: the shared/ folder must sit beside the repository")
+    return REAL_FIXTURES
