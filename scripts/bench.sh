@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every benchmark, each against its baseline measured in the same run (called by `make bench`).
+# Writes JSON figures and a Markdown summary under OUTDIR.
+set -euo pipefail
+out=${1:-out/bench}
+mkdir -p "$out"
+summary="$out/summary.md"
+{
+  echo "# Benchmarks ($(date -u +%Y-%m-%d), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+  echo
+  echo "| what | ours | baseline | ratio |"
+  echo "|---|---|---|---|"
+} > "$summary"
+
+echo "== datatools: conversion throughput" >&2
+python scripts/bench_datatools.py --images 2000 --size 512 --out "$out/datatools.json" | tee -a "$summary"
+
+if [ -f scripts/bench_training.py ]; then
+  echo "== asset: training throughput, Lightning vs plain loop" >&2
+  python scripts/bench_training.py --out "$out/training.json" | tee -a "$summary"
+fi
+
+echo >&2
+cat "$summary"
