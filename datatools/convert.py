@@ -21,7 +21,12 @@ from tqdm import tqdm
 
 import datatools
 from datatools.errors import DatasetError
-from datatools.imageio import decode_image_bytes, image_channels, rasterise_ellipse, read_mask_file
+from datatools.imageio import (
+    decode_image_bytes,
+    image_channels,
+    rasterise_ellipse,
+    read_mask_file,
+)
 from datatools.masks import encode_mask
 from datatools.records import SPLITS, ParsedDataset, RawSample
 from datatools.splits import carve

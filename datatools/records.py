@@ -8,9 +8,9 @@ Everything else (decoding, checks, RLE, splits, hashing, writing) is shared in `
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 SPLITS = ("train", "val", "test")
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 
 import jsonschema
 from tqdm import tqdm
-import sys
 
+from datatools.convert import split_counts
 from datatools.errors import DatasetError
 from datatools.imageio import decode_image_bytes
 from datatools.masks import decode_mask
-from datatools.convert import split_counts
 from datatools.store import resolve_version_dir
 
 

@@ -22,3 +22,5 @@ fi
 
 echo >&2
 cat "$summary"
+python scripts/update_readme_bench.py "$summary" README.md
+echo "README.md performance section updated from $summary" >&2

@@ -12,7 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DOCKERFILES = sorted(REPO.glob("platforms/*/Dockerfile")) + sorted(REPO.glob("datatools/*/Dockerfile")) + [REPO / "asset/Dockerfile"]
+DOCKERFILES = [
+    *sorted(REPO.glob("platforms/*/Dockerfile")),
+    *sorted(REPO.glob("datatools/*/Dockerfile")),
+    REPO / "asset/Dockerfile",
+]
 
 
 def tool(name: str) -> str:
