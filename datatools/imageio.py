@@ -50,17 +50,24 @@ def read_mask_file(path: Path, expected_size: tuple[int, int]) -> np.ndarray:
 
 
 def rasterise_ellipse(ellipse: Ellipse, size: tuple[int, int]) -> np.ndarray:
-    """Filled ellipse as a 0/1 mask (older DAGM release labels)."""
+    """Filled ellipse as a 0/1 mask (older DAGM release labels).
+
+    cv2.ellipse's angle convention matches the DAGM labels (image coordinates, y down, major axis
+    along (cos a, sin a)); centre and axes keep 8 fractional bits (`shift`) instead of rounding.
+    """
     h, w = size
+    shift = 8
+    scale = 1 << shift
     mask = np.zeros((h, w), dtype=np.uint8)
     cv2.ellipse(
         mask,
-        center=(int(round(ellipse.cx)), int(round(ellipse.cy))),
-        axes=(max(int(round(ellipse.semi_major)), 1), max(int(round(ellipse.semi_minor)), 1)),
+        center=(round(ellipse.cx * scale), round(ellipse.cy * scale)),
+        axes=(max(round(ellipse.semi_major * scale), scale), max(round(ellipse.semi_minor * scale), scale)),
         angle=float(np.degrees(ellipse.angle)),
         startAngle=0,
         endAngle=360,
         color=1,
         thickness=-1,
+        shift=shift,
     )
     return mask
