@@ -1,0 +1,132 @@
+"""The LightningModule: a plain SMP network handed in, plus loss, optimiser and schedule (no model code here)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+
+def build_loss(name: str, bce_weight: float = 0.5) -> nn.Module:
+    """jaccard (IoU loss, as in the paper) | dice | bce | bce_jaccard | bce_dice, from SMP's losses."""
+    from segmentation_models_pytorch import losses
+
+    name = name.lower()
+    jaccard = losses.JaccardLoss(mode="binary", from_logits=True)
+    dice = losses.DiceLoss(mode="binary", from_logits=True)
+    bce = losses.SoftBCEWithLogitsLoss()
+    if name == "jaccard":
+        return jaccard
+    if name == "dice":
+        return dice
+    if name == "bce":
+        return bce
+    region = {"bce_jaccard": jaccard, "bce_dice": dice}.get(name)
+    if region is None:
+        raise ValueError(f"unknown loss {name!r}; valid: jaccard, dice, bce, bce_jaccard, bce_dice")
+    return CombinedLoss(bce, region, bce_weight)
+
+
+class CombinedLoss(nn.Module):
+    def __init__(self, bce: nn.Module, region: nn.Module, bce_weight: float) -> None:
+        super().__init__()
+        self.bce, self.region, self.w = bce, region, float(bce_weight)
+
+    def forward(self, logits, target):
+        return self.w * self.bce(logits, target) + (1 - self.w) * self.region(logits, target)
+
+
+def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    name, lr, wd = cfg["name"].lower(), float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(cfg.get("momentum", 0.9)), nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd")
+
+
+def build_scheduler(optimizer, cfg: dict, total_steps: int, lr: float):
+    """-> Lightning lr_scheduler config dict, or None."""
+    name = cfg["name"].lower()
+    total_steps = max(1, int(total_steps))
+    if name == "none":
+        return None
+    if name == "cosine":
+        warm = max(0, int(cfg.get("warmup_steps", 0)))
+
+        def factor(step: int) -> float:
+            import math
+
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+    if name == "step":
+        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, int(cfg.get("step_size", 10)),
+                                                             float(cfg.get("gamma", 0.1))), "interval": "epoch"}
+    if name == "onecycle":
+        return {"scheduler": torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps),
+                "interval": "step"}
+    raise ValueError(f"unknown scheduler {name!r}; valid: none, cosine, step, onecycle")
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains `net` (images -> logits N x 1 x H x W). Logs train/loss, val/loss and val/iou (dataset-level
+    pixel IoU at pixel threshold `pixel_threshold`, the checkpoint monitor)."""
+
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: dict, scheduler: dict,
+                 pixel_threshold: float = 0.5) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.optimizer_cfg = optimizer
+        self.scheduler_cfg = scheduler
+        self.pixel_threshold = float(pixel_threshold)
+        self._inter = 0.0
+        self._union = 0.0
+
+    def forward(self, x):
+        return self.net(x)
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        loss = self.loss(self.net(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._inter = torch.zeros((), device=self.device)
+        self._union = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        logits = self.net(x)
+        loss = self.loss(logits, y)
+        pred = torch.sigmoid(logits) >= self.pixel_threshold
+        gt = y > 0.5
+        self._inter = self._inter + (pred & gt).sum()
+        self._union = self._union + (pred | gt).sum()
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        inter, union = self._inter.float(), self._union.float()
+        if self.trainer.world_size > 1:
+            inter = self.all_gather(inter).sum()
+            union = self.all_gather(union).sum()
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        self.log("val/iou", iou, prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = build_optimizer(self.net.parameters(), self.optimizer_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = build_scheduler(opt, self.scheduler_cfg, total, float(self.optimizer_cfg["lr"]))
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

@@ -1,0 +1,266 @@
+"""`train(cfg, out_dir)`: a plain function (tests call it directly); the CLI only builds `cfg`.
+
+MODEL_DIR while training: config.yaml (resolved), checkpoints/{last,best}.ckpt, logs/{csv,tensorboard}/.
+At the end: weights.pt (best checkpoint by val IoU), the image threshold calibrated on val, model.json
+and SHA256SUMS (see asset/modeldir.py). `resume_dir` continues an interrupted run from last.ckpt.
+
+Multi-GPU / multi-node: set trainer.devices / trainer.num_nodes / trainer.strategy (e.g.
+`--devices 4 --strategy ddp`, and `--num-nodes 2` with one launch per node via torchrun or SLURM, which
+Lightning detects). Only rank 0 calibrates and writes the model card.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from asset import modeldir
+from asset.algorithm import Algorithm, SizePolicy, calibrate_image_threshold, default_normalisation
+from asset.config import ConfigError, validate_config
+from asset.models.registry import check_combination, get_architecture
+
+log = logging.getLogger("asset.train")
+CONFIG_FILE = "config.yaml"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or resume; says why and what to do."""
+
+
+def _say(out_dir: Path, msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+    try:
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "logs" / "train.log", "a") as fh:
+            fh.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + msg + "\n")
+    except OSError:
+        pass
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("asset", "datatools", "torch", "torchvision", "segmentation-models-pytorch", "timm", "lightning",
+                 "torchmetrics", "numpy", "opencv-python-headless", "pillow", "pycocotools"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def size_policy_for(cfg: dict, doc: dict, divisor: int) -> SizePolicy:
+    from asset.training.data import dataset_shape, max_shape
+
+    d = cfg["data"]
+    size = tuple(d["size"]) if d["size"] else None
+    if size is not None and (size[0] % divisor or size[1] % divisor):
+        raise ConfigError(f"data.size {list(size)} must be multiples of {divisor} for {cfg['model']['arch']} "
+                          f"(e.g. {[-(-v // divisor) * divisor for v in size]})")
+    if d["size_mode"] == "pad" and size is None and dataset_shape(doc) is None:
+        h, w = max_shape(doc)  # sizes vary: one canvas for all, so that batches stack
+        size = (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
+    return SizePolicy(mode=d["size_mode"], divisor=divisor, size=size)
+
+
+def prepare(cfg: dict, out_dir: Path, resume: bool = False) -> dict:
+    """Every check that can fail before training: config, dataset, model combination, weights, output dir.
+    Returns the objects train() needs."""
+    validate_config(cfg)
+    out_dir = Path(out_dir)
+    if not resume:
+        if (out_dir / modeldir.CARD).exists() or (out_dir / "checkpoints").exists():
+            raise TrainError(f"{out_dir}: already holds a model or a run; use --resume {out_dir} to continue it, "
+                             "--overwrite to replace it, or another --out")
+    if not cfg["data"]["path"]:
+        raise ConfigError("no dataset: give --data ROOT/NAME/VERSION (or data.path in the config file)")
+    from asset.training.data import DataError, dataset_channels, open_dataset, split_samples
+
+    version_dir, doc = open_dataset(cfg["data"]["path"], check=bool(cfg["data"]["validate"]))
+    for split in ("train", "val"):
+        if not split_samples(version_dir, doc, split):
+            raise DataError(f"{version_dir}: the {split!r} split is empty; training needs train and val images "
+                            "(convert with --val-fraction > 0)")
+    channels = dataset_channels(doc)
+    m = cfg["model"]
+    check_combination(m["arch"], m["encoder"], channels)
+
+    from asset.models.factory import build_model, dry_run, required_divisor
+
+    net = build_model(m["arch"], m["encoder"], channels, m["encoder_weights"], weights_cache=m["weights_cache"])
+    divisor = required_divisor(net, m["arch"])
+    policy = size_policy_for(cfg, doc, divisor)
+    norm = m["normalisation"]
+    if norm in (None, "auto"):
+        pretrained = str(m["encoder_weights"]).lower() not in ("none", "null", "")
+        norm = default_normalisation(channels, pretrained)
+    algorithm = Algorithm(channels, policy, norm["mean"], norm["std"], cfg["thresholds"]["pixel"], 0.0)
+    first = split_samples(version_dir, doc, "train")[0]
+    shape = policy.network_shape(first.height, first.width)
+    min_size = get_architecture(m["arch"]).min_size
+    if min(shape) < min_size:
+        raise ConfigError(f"{m['arch']} needs inputs of at least {min_size}x{min_size}, the images reach "
+                          f"{shape[0]}x{shape[1]}: set data.size (e.g. --set data.size=[{max(min_size, shape[0])}, "
+                          f"{max(min_size, shape[1])}]) or pick another architecture")
+    dry_run(net, m["arch"], m["encoder"], channels, policy.network_shape(first.height, first.width))
+    return {"net": net, "algorithm": algorithm, "version_dir": version_dir, "doc": doc, "channels": channels}
+
+
+def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train (or resume) into out_dir; returns the model card."""
+    out_dir = Path(out_dir)
+    if overwrite and not resume and out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    last = out_dir / "checkpoints" / LAST
+    if resume and not last.is_file():
+        raise TrainError(f"{out_dir}: no checkpoints/{LAST} to resume from (the run never finished an epoch); "
+                         "start it again without --resume")
+    cfg = copy.deepcopy(cfg)
+    cfg["data"]["path"] = str(Path(cfg["data"]["path"]).resolve()) if cfg["data"]["path"] else None
+    import lightning as L
+
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)  # before the network's random init
+    parts = prepare(cfg, out_dir, resume=resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        modeldir.write_text_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(cfg, sort_keys=False))
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from asset.training.data import DefectDataModule
+    from asset.training.module import SegmentationModule, build_loss
+
+    net, algorithm = parts["net"], parts["algorithm"]
+    d = cfg["data"]
+    dm = DefectDataModule(parts["version_dir"], algorithm, d["batch_size"], d["num_workers"], d["augment"],
+                          cfg["seed"], d["eval_batch_size"])
+    module = SegmentationModule(net, build_loss(cfg["loss"]["name"], cfg["loss"]["bce_weight"]), cfg["optimizer"],
+                                cfg["scheduler"], cfg["thresholds"]["pixel"])
+    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/iou", mode="max",
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+    t = dict(cfg["trainer"])
+    if t.get("deterministic"):
+        t["deterministic"] = "warn" if t.get("accelerator") not in ("cpu",) else True
+    trainer = L.Trainer(
+        default_root_dir=out_dir, callbacks=[ckpt],
+        logger=[_appending_csv_logger(CSVLogger, out_dir),
+                TensorBoardLogger(out_dir, name="logs", version="tensorboard")],
+        **t,
+    )
+    _say(out_dir, f"{'resuming' if resume else 'training'} {cfg['model']['arch']}/{cfg['model']['encoder']} on "
+                  f"{parts['version_dir']} ({parts['channels']} channel(s), size policy "
+                  f"{algorithm.size_policy.to_dict()}) -> {out_dir}")
+    start = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    elapsed = time.time() - start
+    if not trainer.is_global_zero:
+        return {}
+    if trainer.interrupted:
+        raise TrainError(f"training was interrupted; continue with `asset train --resume {out_dir}`")
+
+    # Best weights (by val IoU) -> weights.pt; fall back to the last ones if no best was kept.
+    best_path = Path(ckpt.best_model_path) if ckpt.best_model_path else last
+    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+    net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    net.load_state_dict(net_state)
+    net.eval()
+    modeldir.write_bytes_atomic(out_dir / modeldir.WEIGHTS, _torch_bytes(net.state_dict()))
+
+    from asset.evaluation import compute_metrics, evaluate_samples, torch_runner
+
+    runner = torch_runner(net)
+    val = dm.samples("val")
+    records = evaluate_samples(runner, algorithm, val, d["eval_batch_size"])
+    calibrated, cal_acc = calibrate_image_threshold([r.fraction for r in records], [r.defective for r in records])
+    fixed = cfg["thresholds"]["image"]
+    image_threshold = float(fixed) if fixed is not None else calibrated
+    algorithm.image_threshold = image_threshold
+    val_metrics = compute_metrics(records, image_threshold)
+    _say(out_dir, f"image threshold {image_threshold:.6f} ({'fixed' if fixed is not None else 'calibrated'} ; "
+                  f"val accuracy {val_metrics['accuracy']:.4f}, val pixel IoU {val_metrics['pixel_iou']:.4f})")
+
+    doc = parts["doc"]
+    card = {
+        "format": modeldir.FORMAT,
+        "created": modeldir.now_iso(),
+        "arch": cfg["model"]["arch"],
+        "encoder": cfg["model"]["encoder"],
+        "encoder_weights": str(cfg["model"]["encoder_weights"]),
+        "classes": 1,
+        "weights": modeldir.WEIGHTS,
+        **algorithm.to_card(),
+        "dataset": {"name": doc["name"], "version": doc["version"], "path": str(parts["version_dir"]),
+                    "splits": doc["splits"], "schema": doc["schema"]},
+        "training": {
+            "epochs": trainer.current_epoch, "max_epochs": cfg["trainer"]["max_epochs"],
+            "global_steps": trainer.global_step, "seconds_this_session": round(elapsed, 1), "resumed": resume,
+            "best_checkpoint": Path(best_path).name,
+            "best_val_iou": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+            "loss": cfg["loss"]["name"], "optimizer": cfg["optimizer"], "scheduler": cfg["scheduler"],
+            "seed": cfg["seed"], "config": CONFIG_FILE,
+        },
+        "metrics": {"val": val_metrics},
+        "versions": library_versions(),
+        "exports": {},
+    }
+    card["thresholds"]["image_calibration"] = {
+        "split": "val", "objective": "accuracy", "value": calibrated, "accuracy": cal_acc,
+        "overridden": fixed is not None,
+    }
+    _say(out_dir, f"model written to {out_dir}")  # before the checksums: train.log is covered by them
+    modeldir.write_card(out_dir, card)
+    return card
+
+
+def _appending_csv_logger(CSVLogger, out_dir: Path):
+    """A CSVLogger that keeps the rows of earlier sessions (Lightning's deletes metrics.csv when a run resumes)
+    and writes every row at once (a SIGKILL loses nothing already logged)."""
+    import csv
+
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as fh:
+                    self.metrics_keys = sorted(next(csv.reader(fh), []))
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self._root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger(out_dir, name="logs", version="csv", flush_logs_every_n_steps=1)
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load_run_config(out_dir: Path) -> dict:
+    path = Path(out_dir) / CONFIG_FILE
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError:
+        raise TrainError(f"{out_dir}: no {CONFIG_FILE}: not a directory made by `asset train`") from None
