@@ -6,7 +6,7 @@ out=${1:-out/bench}
 mkdir -p "$out"
 summary="$out/summary.md"
 {
-  echo "# Benchmarks ($(date -u +%Y-%m-%d), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+  echo "Benchmarks ($(date -u +%Y-%m-%d), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
   echo
   echo "| what | ours | baseline | ratio |"
   echo "|---|---|---|---|"
