@@ -13,7 +13,7 @@ import sys
 
 import asset
 
-COMMANDS = ["train", "evaluate"]  # later: "export", "benchmark", "serve"
+COMMANDS = ["train", "evaluate", "export", "benchmark"]  # later: "serve"
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -25,7 +25,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [AlgorithmError, ConfigError, ModelDirError, ModelConfigError]
     for mod, name in (("datatools.errors", "DatasetError"), ("asset.training.data", "DataError"),
-                      ("asset.training.train", "TrainError")):
+                      ("asset.training.train", "TrainError"), ("asset.export.formats", "ExportError"),
+                      ("asset.backends.base", "BackendError")):
         m = sys.modules.get(mod)
         if m is not None:
             errors.append(getattr(m, name))

@@ -20,6 +20,11 @@ if [ -f scripts/bench_training.py ]; then
   python scripts/bench_training.py --out "$out/training.json" | tee -a "$summary"
 fi
 
+if [ -f scripts/bench_inference.py ]; then
+  echo "== asset: inference backends vs baselines (bare ONNX Runtime, PyTorch eager, FP32, FLOP floor)" >&2
+  python scripts/bench_inference.py --out "$out/inference.json" | tee -a "$summary"
+fi
+
 echo >&2
 cat "$summary"
 python scripts/update_readme_bench.py "$summary" README.md

@@ -1,0 +1,307 @@
+"""`asset benchmark`: every backend on this machine, one table (Ultralytics style), JSON beside the Markdown.
+
+For each backend x precision x batch: status (ok / exported but wrong / failed, with the reason), file size,
+accuracy and pixel IoU on a dataset split (through the shared Algorithm), latency p50/p90/p99 in ms per image
+(model call on a preprocessed batch, after warm-up) and throughput. "Exported but wrong": the backend runs but its
+predictions disagree with the reference (PyTorch, else ONNX Runtime fp32): fp32 needs identical decisions and
+>= 99.9% equal mask pixels, reduced precision an accuracy / IoU drop <= max_accuracy_drop.
+The JSON also records the machine (CPU, cores, GPU, library versions) so runs from several devices can be merged.
+Needs no torch unless the pytorch backend is benchmarked.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asset import modeldir
+from asset.algorithm import Algorithm
+from asset.backends import BACKENDS, BackendError, backend_status, canonical_name, get_spec, load_backend
+from asset.export import data as D
+
+SCHEMA = "asset-benchmark/1"
+DEFAULT_ORDER = [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
+                 ("openvino", "int8"), ("tensorrt", "fp32"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
+# what each (backend, precision) runs: model.json export key (None: weights.pt)
+EXPORT_FOR = {("pytorch", "fp32"): None, ("pytorch", "fp16"): None, ("onnxruntime", "fp32"): "onnx",
+              ("onnxruntime", "int8"): "onnx-int8", ("openvino", "fp32"): ("openvino", "onnx"),
+              ("openvino", "int8"): "onnx-int8", ("tensorrt", "fp32"): "tensorrt-fp32",
+              ("tensorrt", "fp16"): "tensorrt-fp16", ("tensorrt", "int8"): "tensorrt-int8"}
+
+
+@dataclass
+class Row:
+    backend: str
+    precision: str
+    batch: int
+    status: str = "ok"  # ok | exported but wrong | failed | unavailable
+    reason: str = ""
+    file: str | None = None
+    size_mb: float | None = None
+    accuracy: float | None = None
+    pixel_iou: float | None = None
+    decisions_equal_reference: str | None = None
+    mask_agreement: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    throughput: float | None = None
+    iterations: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def parse_targets(text: str | list[str] | None) -> list[tuple[str, str]] | None:
+    """'onnxruntime,onnxruntime:int8,pytorch' -> [(name, precision)], validated against the registry."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in (",".join(text) if isinstance(text, list) else text).split(",") if p.strip()]
+    out = []
+    for p in parts:
+        name, _, precision = p.partition(":")
+        spec = get_spec(name)
+        name = canonical_name(name)
+        if precision:
+            if precision not in spec.precisions:
+                raise BackendError(f"backend {name!r} runs {', '.join(spec.precisions)}, not {precision!r}")
+            out.append((name, precision))
+        else:
+            out.append((name, "fp16" if name == "tensorrt" else "fp32"))
+    return out
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BackendError(f"--size must look like 512x512 (H x W), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise BackendError(f"--size must be positive, got {text!r}")
+    return h, w
+
+
+def machine_info() -> dict:
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    gpus: list[str] = []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        gpus = [g.strip() for g in out.stdout.splitlines() if g.strip()] if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {}
+    for pkg in ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt", "onnx",
+                "segmentation-models-pytorch", "opencv-python-headless"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd")
+               if f" {f}" in flags]
+    except OSError:
+        isa = []
+    return {"host": socket.gethostname(), "cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
+            "isa": isa, "gpus": gpus, "os": platform.platform(), "python": platform.python_version(),
+            "versions": versions}
+
+
+def _size_mb(path: Path | None) -> float | None:
+    if path is None or not path.exists():
+        return None
+    if path.suffix == ".xml":  # OpenVINO IR: xml + bin
+        return round(sum(p.stat().st_size for p in path.parent.glob(path.stem + ".*")) / 1e6, 2)
+    return round(path.stat().st_size / 1e6, 2)
+
+
+def _latency(infer, x: np.ndarray, warmup: int, min_iter: int, max_iter: int, min_seconds: float,
+             max_seconds: float) -> tuple[np.ndarray, float]:
+    for _ in range(warmup):
+        infer(x)
+    times = []
+    start = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        infer(x)
+        times.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+        if len(times) >= max_iter or elapsed >= max_seconds or (len(times) >= min_iter and elapsed >= min_seconds):
+            break
+    return np.asarray(times), elapsed
+
+
+def latency_input(algorithm: Algorithm, image: np.ndarray, batch: int, size: tuple[int, int] | None) -> np.ndarray:
+    """A preprocessed batch of a real image (resized to `size` = network H x W when given)."""
+    import cv2
+
+    if size is not None:
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        x, _ = Algorithm(algorithm.channels, type(algorithm.size_policy)("pad", algorithm.size_policy.divisor, None),
+                         algorithm.mean.ravel(), algorithm.std.ravel()).preprocess([image])
+    else:
+        x, _ = algorithm.preprocess([image])
+    return np.ascontiguousarray(np.repeat(x, batch, axis=0))
+
+
+def run_benchmark(model_dir, targets: list[tuple[str, str]] | None = None, batches=(1,), size=None,
+                  split: str = "val", data=None, device: str = "cpu", threads: int | None = None,
+                  limit: int | None = None, warmup: int = 3, min_iter: int = 10, max_iter: int = 500,
+                  min_seconds: float = 2.0, max_seconds: float = 15.0, max_accuracy_drop: float = 0.02,
+                  log=None) -> dict:
+    """Benchmark MODEL_DIR; returns the JSON document (see module doc)."""
+    log = log or (lambda m: None)
+    model_dir = Path(model_dir)
+    card = modeldir.verify(model_dir)
+    algorithm = Algorithm.from_card(card)
+    explicit = targets is not None
+    status = backend_status()
+    if explicit:
+        for name, _ in targets:
+            if status[name]:
+                raise BackendError(f"cannot benchmark {name!r} here: {status[name]}")
+    targets = targets or DEFAULT_ORDER
+    items = D.split_items(card, split, data, limit=limit)
+    if not items:
+        raise modeldir.ModelDirError(f"the dataset has no {split!r} images to measure accuracy on")
+    images = [D.load_image(i.path) for i in items]
+    masks = [D.load_mask(i.rle) for i in items]
+    exports = card.get("exports") or {}
+    rows: list[Row] = []
+    reference = None  # (name, precision, predictions)
+    ordered = sorted(targets, key=lambda t: (t != ("pytorch", "fp32"), t != ("onnxruntime", "fp32")))
+    results: dict[tuple[str, str], list[Row]] = {}
+    for name, precision in ordered:
+        made = [Row(name, precision, b) for b in batches]
+        results[(name, precision)] = made
+        key = EXPORT_FOR.get((name, precision))
+        keys = key if isinstance(key, tuple) else (key,)
+        entry = next((exports[k] for k in keys if k and k in exports), None)
+        file = model_dir / entry["file"] if entry else (model_dir / card.get("weights", "weights.pt")
+                                                        if key is None else None)
+        for r in made:
+            r.file = str(file.relative_to(model_dir)) if file else None
+            r.size_mb = _size_mb(file)
+        if status[name]:
+            del made[1:]  # one row says it
+            made[0].status, made[0].reason = "unavailable", status[name]
+            continue
+        if file is None:
+            from asset.export.formats import EXPORT_COMMAND
+
+            del made[1:]
+            made[0].status, made[0].reason = "failed", f"not exported: {EXPORT_COMMAND[keys[0]].format(model=model_dir)}"
+            continue
+        dev = "cuda" if name == "tensorrt" else device
+        log(f"{name}/{precision}: loading")
+        try:
+            backend = load_backend(name, model_dir, precision=precision, device=dev, threads=threads, card=card,
+                                   verify=False)
+        except Exception as exc:  # noqa: BLE001 - any engine error is a table row
+            for r in made:
+                r.status, r.reason = "failed", f"{type(exc).__name__}: {exc}"
+            continue
+        try:
+            logits, metas = D.run_logits(backend.infer, algorithm, images)
+            preds = D.postprocess_each(algorithm, logits, metas)
+            metrics = D.score(preds, items, masks)
+            wrong = ""
+            if reference is None and precision == "fp32":
+                reference = (name, precision, preds, metrics)
+            elif reference is not None:
+                agree = D.agreement(preds, reference[2])
+                for r in made:
+                    r.decisions_equal_reference = f"{agree['decisions_equal']}/{agree['images']}"
+                    r.mask_agreement = round(agree["mask_agreement"], 6)
+                ref_m = reference[3]
+                if precision == "fp32":
+                    if agree["decisions_equal"] != agree["images"] or agree["mask_agreement"] < 0.999:
+                        wrong = (f"differs from {reference[0]}: decisions equal {agree['decisions_equal']}/"
+                                 f"{agree['images']}, mask pixels equal {agree['mask_agreement']:.3%}")
+                elif (metrics["accuracy"] < ref_m["accuracy"] - max_accuracy_drop
+                      or metrics["pixel_iou"] < ref_m["pixel_iou"] - max_accuracy_drop):
+                    wrong = (f"accuracy {ref_m['accuracy']:.4f} -> {metrics['accuracy']:.4f}, pixel IoU "
+                             f"{ref_m['pixel_iou']:.4f} -> {metrics['pixel_iou']:.4f} vs {reference[0]}")
+            for r in made:
+                r.accuracy, r.pixel_iou = metrics["accuracy"], metrics["pixel_iou"]
+                if wrong:
+                    r.status, r.reason = "exported but wrong", wrong
+            for r in made:
+                x = latency_input(algorithm, images[0], r.batch, size)
+                times, elapsed = _latency(backend.infer, x, warmup, min_iter, max_iter, min_seconds, max_seconds)
+                per_image = times * 1000 / r.batch
+                r.p50_ms, r.p90_ms, r.p99_ms = (round(float(np.percentile(per_image, q)), 3) for q in (50, 90, 99))
+                r.throughput = round(r.batch * len(times) / float(times.sum()), 2)
+                r.iterations = len(times)
+                r.extra = {"input_shape": list(x.shape), **backend.info()}
+                log(f"{name}/{precision} batch {r.batch}: p50 {r.p50_ms:.2f} ms/img, {r.throughput:.1f} img/s "
+                    f"({len(times)} iterations)")
+        except Exception as exc:  # noqa: BLE001
+            for r in made:
+                r.status, r.reason = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            backend.close()
+    for t in targets:
+        rows.extend(results[t])
+    doc = {"schema": SCHEMA, "created": modeldir.now_iso(), "machine": machine_info(),
+           "model": {"dir": str(model_dir), "arch": card.get("arch"), "encoder": card.get("encoder"),
+                     "dataset": {k: (card.get("dataset") or {}).get(k) for k in ("name", "version")}},
+           "split": split, "images": len(items), "size": list(size) if size else None, "batches": list(batches),
+           "device": device, "threads": threads, "reference": reference[0] if reference else None,
+           "rows": [asdict(r) for r in rows]}
+    return doc
+
+
+def _f(v, fmt="{:.4f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def to_markdown(doc: dict) -> str:
+    m = doc["machine"]
+    gpu = ", ".join(m["gpus"]) or "no GPU"
+    lines = [f"Benchmark of {doc['model']['arch']}/{doc['model']['encoder']} on {m['cpu']} "
+             f"({m['usable_cores']} cores, {gpu}); accuracy/IoU on {doc['images']} {doc['split']} images; "
+             f"latency per image after warm-up", "",
+             "| backend | precision | batch | status | size (MB) | accuracy | IoU | p50 ms | p90 ms | p99 ms | img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {status} | {_f(r['size_mb'], '{:.1f}')} | "
+                     f"{_f(r['accuracy'])} | {_f(r['pixel_iou'])} | {_f(r['p50_ms'], '{:.2f}')} | "
+                     f"{_f(r['p90_ms'], '{:.2f}')} | {_f(r['p99_ms'], '{:.2f}')} | {_f(r['throughput'], '{:.1f}')} |")
+    v = m["versions"]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v))]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(doc: dict, out: Path) -> tuple[Path, Path]:
+    """OUT.md and OUT.json (atomic)."""
+    out = Path(out)
+    md, js = out.with_suffix(".md"), out.with_suffix(".json")
+    modeldir.write_text_atomic(md, to_markdown(doc))
+    modeldir.write_json_atomic(js, doc)
+    return md, js
+
+
+__all__ = ["BACKENDS", "machine_info", "parse_size", "parse_targets", "run_benchmark", "to_markdown", "write_results"]

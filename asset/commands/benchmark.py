@@ -1,0 +1,89 @@
+"""`asset benchmark`: every inference backend on this machine, one table + JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+Backends (this machine):
+{table}
+
+Rows: backend x precision x batch; status ok / exported but wrong / failed (with the reason) / unavailable.
+Accuracy and pixel IoU on --split through the shared pre/post-processing; latency = model call on a preprocessed
+batch, per image, after warm-up (at least --min-iter calls and --min-seconds). Writes OUT.md and OUT.json (machine,
+library versions, every figure), default MODEL_DIR/evaluations/benchmark-HOST-TIME.
+
+Examples:
+  asset benchmark --model models/m
+  asset benchmark --model models/m --backends onnxruntime,onnxruntime:int8,openvino --batch 1,4,8 --size 512x512
+"""
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return values
+
+
+def _table() -> str:
+    from asset.backends import BACKENDS, backend_status
+
+    st = backend_status()
+    return "\n".join(f"  {n:<12} {','.join(s.precisions):<15} {'yes' if st[n] is None else 'no: ' + st[n]}"
+                     for n, s in BACKENDS.items())
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "benchmark", help="benchmark every inference backend on this machine (one table)",
+        description="Speed, size and accuracy of a model directory on every backend and precision it can run.",
+        epilog=EPILOG.format(table=_table()), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR", help="a model directory")
+    p.add_argument("--backends", metavar="LIST", help="comma-separated NAME[:PRECISION], e.g. "
+                   "pytorch,onnxruntime,onnxruntime:int8,openvino,tensorrt:fp16 (default: all)")
+    p.add_argument("--batch", type=_batches, default=[1], metavar="1,4,8", help="batch sizes (default 1)")
+    p.add_argument("--size", metavar="HxW", help="network input size for the latency runs (default: the split's "
+                   "first image)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split for accuracy/IoU "
+                   "(default val)")
+    p.add_argument("--data", metavar="DATASET_DIR", help="dataset (default: the one in model.json)")
+    p.add_argument("--limit", type=int, help="at most N images of the split")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:N] for pytorch / onnxruntime (tensorrt: cuda)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: usable cores)")
+    p.add_argument("--min-iter", type=int, default=10, help="at least N timed calls per row (default 10)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="at least S seconds per row (default 2)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.02,
+                   help="int8/fp16 rows are 'exported but wrong' beyond this accuracy / IoU drop (default 0.02)")
+    p.add_argument("--out", type=Path, help="output path without suffix (writes .md and .json)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import socket
+    import sys
+    import time
+
+    from asset.backends import BackendError
+    from asset.benchmark import parse_size, parse_targets, run_benchmark, to_markdown, write_results
+
+    targets = parse_targets(args.backends)
+    size = parse_size(args.size)
+    if args.threads is not None and args.threads < 1 or args.min_iter < 1 or (args.limit is not None and args.limit < 1):
+        raise BackendError("--threads, --min-iter and --limit must be >= 1")
+    doc = run_benchmark(args.model, targets, batches=args.batch, size=size, split=args.split, data=args.data,
+                        device=args.device, threads=args.threads, limit=args.limit, min_iter=args.min_iter,
+                        min_seconds=args.min_seconds, max_seconds=max(15.0, args.min_seconds * 2),
+                        max_accuracy_drop=args.max_accuracy_drop,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = args.out or Path(args.model) / "evaluations" / \
+        f"benchmark-{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}"
+    md, js = write_results(doc, out)
+    print(to_markdown(doc))
+    print(f"wrote {md} and {js}", file=sys.stderr)
+    return 0

@@ -1,0 +1,81 @@
+"""`asset export`: write ONNX / ONNX INT8 / OpenVINO / TensorRT exports into a model directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+Formats (this machine):
+{table}
+
+Every export is verified against PyTorch on validation images of the dataset the model was trained on (model.json
+dataset.path, or --data): fp32 formats need max |logit diff| <= atol x max(1, |logit|) and identical image
+decisions; int8/fp16 need accuracy and pixel IoU to drop by <= --max-accuracy-drop. A failing export is not
+written. Files go to MODEL_DIR/exports/ and are recorded in model.json "exports" (and SHA256SUMS).
+
+Examples:
+  asset export --model models/m --format onnx
+  asset export --model models/m --format onnx-int8 --calib-images 64
+  asset export --model models/m --format openvino
+  asset export --model models/m --format tensorrt --precision int8     (on a machine with an NVIDIA GPU)
+"""
+
+# argparse dest -> export option name (None: not a format option)
+OPTIONS = ("precision", "opset", "simplify", "dynamic", "atol", "verify_images", "calib_images", "per_channel",
+           "max_accuracy_drop", "workspace", "max_batch")
+
+
+def register(sub) -> None:
+    from asset.export.formats import FORMATS, status_table
+
+    p = sub.add_parser(
+        "export", help="export a model directory to ONNX, ONNX INT8, OpenVINO or TensorRT",
+        description="Export a trained model directory for inference; arguments a format cannot take are rejected "
+        "before any work.",
+        epilog=EPILOG.format(table=status_table()), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR", help="a directory made by `asset train`")
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="export format (table below)")
+    p.add_argument("--data", metavar="DATASET_DIR", help="dataset for verification/calibration (default: the one in "
+                   "model.json)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="tensorrt only (default fp16)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17; 13..21)")
+    p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=None,
+                   help="simplify the ONNX graph with onnxslim (default on)")
+    p.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=None,
+                   help="dynamic height/width where the architecture allows (batch is always dynamic; default on)")
+    p.add_argument("--atol", type=float, help="logit tolerance, relative to max(1, |logit|) (default 1e-3)")
+    p.add_argument("--verify-images", type=int, help="validation images to verify on (default 16)")
+    p.add_argument("--calib-images", type=int, help="onnx-int8 / tensorrt int8: training images to calibrate on "
+                   "(default 32)")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                   help="onnx-int8: per-channel weight scales (default on)")
+    p.add_argument("--max-accuracy-drop", type=float, help="onnx-int8 / tensorrt fp16,int8: largest accepted drop of "
+                   "accuracy and pixel IoU (default 0.02)")
+    p.add_argument("--workspace", type=float, help="tensorrt: builder workspace in GiB (default 4)")
+    p.add_argument("--max-batch", type=int, help="tensorrt: largest batch of the optimisation profile (default 16)")
+    p.add_argument("--device", default=None, help="tensorrt: cuda or cuda:N (default cuda)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from asset.export.formats import ExportError, check_arguments, format_status
+
+    given = {k: getattr(args, k) for k in OPTIONS}
+    if args.device is not None and args.format != "tensorrt":
+        raise ExportError(f"format {args.format!r} does not take --device (it runs on the CPU)")
+    check_arguments(args.format, given)  # rejected before anything is loaded
+    for k in ("verify_images", "calib_images", "max_batch"):
+        if given[k] is not None and given[k] < 1:
+            raise ExportError(f"--{k.replace('_', '-')} must be >= 1")
+    why = format_status(args.format)
+    if why:
+        raise ExportError(f"this machine cannot produce {args.format!r}: {why}")
+    from asset.export.core import export_model
+
+    entry = export_model(args.model, args.format, data=args.data, device=args.device or "cuda", **given)
+    print(json.dumps({"file": str(Path(args.model) / entry["file"]), "verification": entry["verification"]}))
+    return 0

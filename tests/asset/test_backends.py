@@ -1,0 +1,193 @@
+"""Backends and the Predictor: the contract, agreement of decisions and masks across every backend available here,
+errors that say what to do, and the ONNX Runtime / OpenVINO path running in a process where torch cannot import."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asset.backends import BACKENDS, Backend, BackendError, backend_status, load_backend
+from asset.export import data as D
+from asset.predictor import Predictor
+from tests.asset.backend_helpers import REPO, copy_model, shared
+
+
+def _val_images():
+    m = shared()["model"]
+    from asset import modeldir
+
+    items = D.split_items(modeldir.verify(m), "val")
+    return items, [D.load_image(i.path) for i in items]
+
+
+def test_backend_status_contract():
+    st = backend_status()
+    assert set(st) == set(BACKENDS) == {"pytorch", "onnxruntime", "openvino", "tensorrt"}
+    assert all(v is None or (isinstance(v, str) and v) for v in st.values())
+    assert st["onnxruntime"] is None and st["pytorch"] is None
+
+
+def _available():
+    st = backend_status()
+    return [(n, p) for n, p in [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+                                ("tensorrt", "fp32"), ("tensorrt", "fp16")] if st[n] is None]
+
+
+def test_every_available_backend_agrees_with_pytorch():
+    m = shared()["model"]
+    items, images = _val_images()
+    images = images + [np.ascontiguousarray(images[0][:24, :40])]  # another size in the same call
+    results = {}
+    for name, precision in _available():
+        device = "cuda" if name == "tensorrt" else "cpu"
+        with Predictor(m, name, precision=precision, device=device, batch_size=3) as p:
+            assert isinstance(p.backend, Backend) and p.backend.name == name and p.backend.precision == precision
+            results[(name, precision)] = p.predict(images)
+    ref = results.pop(("pytorch", "fp32"))
+    assert {p.defective for p in ref} == {True, False}  # the threshold splits the images
+    assert len(results) >= 2
+    for key, preds in results.items():
+        assert [p.defective for p in preds] == [p.defective for p in ref], key
+        agree = D.agreement(preds, ref)
+        assert agree["mask_agreement"] >= (0.999 if key[1] == "fp32" else 0.99), (key, agree)
+        for a, b in zip(preds, ref):
+            assert a.mask.shape == b.mask.shape and abs(a.defect_fraction - b.defect_fraction) < 0.01
+
+
+def test_int8_backends_run_and_stay_close():
+    m = shared()["model"]
+    _, images = _val_images()
+    with Predictor(m, "onnxruntime") as p32, Predictor(m, "onnxruntime", precision="int8") as p8, \
+            Predictor(m, "openvino", precision="int8") as pov:
+        ref, q, qov = p32.predict(images), p8.predict(images), pov.predict(images)
+    assert D.agreement(q, ref)["mask_agreement"] > 0.9 and D.agreement(qov, ref)["mask_agreement"] > 0.9
+
+
+def test_backend_infer_contract_and_batches():
+    m = shared()["model"]
+    _, images = _val_images()
+    with load_backend("onnxruntime", m, threads=1) as b:
+        assert b.info()["providers"] == ["CPUExecutionProvider"]
+        x = np.random.default_rng(0).normal(size=(5, 1, 32, 64)).astype(np.float32)
+        y = b.infer(x)
+        assert y.shape == (5, 1, 32, 64) and y.dtype == np.float32
+        b.max_batch = 2  # chunking gives the same result
+        assert np.allclose(b.infer(x), y, atol=1e-5)
+        assert np.allclose(b.infer(x.astype(np.float64)), y, atol=1e-5)  # converted
+        with pytest.raises(BackendError, match="N x C x H x W"):
+            b.infer(x[0])
+
+
+def test_predictor_batching_bytes_and_threshold():
+    m = shared()["model"]
+    _, images = _val_images()
+    with Predictor(m, "onnxruntime", batch_size=1) as p1, Predictor(m, "onnxruntime", batch_size=8) as p8:
+        a, b = p1.predict(images), p8.predict(images)
+        assert [x.defect_fraction for x in a] == pytest.approx([x.defect_fraction for x in b], abs=1e-6)
+        buf = io.BytesIO()
+        Image.fromarray(images[0]).save(buf, format="PNG")
+        (pb,) = p8.predict_bytes(buf.getvalue())
+        assert pb.defect_fraction == pytest.approx(a[0].defect_fraction, abs=1e-6)
+        assert all(p.defective for p in p8.predict(images, image_threshold=0.0))
+        assert p8.card["arch"] == "unet" and p8.info()["backend"] == "onnxruntime"
+        from asset.algorithm import AlgorithmError
+
+        with pytest.raises(AlgorithmError, match="does not decode"):
+            p8.predict_bytes(b"not an image")
+        assert p8.predict([]) == []
+
+
+def test_backend_errors_say_what_to_do(tmp_path):
+    m = shared()["model"]
+    with pytest.raises(BackendError, match="unknown backend 'tflite'; valid: pytorch, onnxruntime"):
+        load_backend("tflite", m)
+    with pytest.raises(BackendError, match="runs fp32, int8, not fp16"):
+        load_backend("onnxruntime", m, precision="fp16")
+    with pytest.raises(BackendError, match="NVIDIA GPUs only"):
+        load_backend("tensorrt", m, device="cpu")
+    with pytest.raises(BackendError, match="threads must be >= 1"):
+        load_backend("onnxruntime", m, threads=0)
+    with pytest.raises(BackendError, match="providers apply to the onnxruntime backend only"):
+        load_backend("openvino", m, providers=["CPUExecutionProvider"])
+    with pytest.raises(BackendError, match="not available here"):
+        load_backend("onnxruntime", m, providers=["NoSuchExecutionProvider"])
+    bare = copy_model(m, tmp_path / "bare")
+    from asset import modeldir
+
+    card = modeldir.verify(bare)
+    card["exports"] = {}
+    modeldir.write_card(bare, card)
+    with pytest.raises(BackendError, match=r"needs the 'onnx' export.*asset export --model .* --format onnx"):
+        load_backend("onnxruntime", bare)
+    with pytest.raises(BackendError, match="'onnx-int8' export"):
+        Predictor(bare, "onnxruntime", precision="int8")
+
+
+def test_tensorrt_backend_or_reason():
+    reason = backend_status()["tensorrt"]
+    if reason:
+        print(f"TensorRT backend skipped: {reason}")
+        pytest.skip(f"TensorRT: {reason}")
+    with pytest.raises(BackendError, match="tensorrt-fp16"):  # pragma: no cover - GPU machines
+        load_backend("tensorrt", shared()["model"], device="cuda", precision="fp16", verify=False,
+                     card={"exports": {}})
+
+
+BLOCKER = textwrap.dedent("""
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "lightning", "pytorch_lightning", "torchvision", "torchmetrics",
+                                      "segmentation_models_pytorch", "timm"):
+                raise ImportError(f"{name} is blocked in this test (no torch here)")
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def test_onnxruntime_and_openvino_run_without_torch(tmp_path):
+    m = shared()["model"]
+    items, images = _val_images()
+    with Predictor(m, "pytorch") as p:
+        expected = [[x.defective, x.defect_fraction] for x in p.predict(images)]
+    script = BLOCKER + textwrap.dedent(f"""
+        import json, sys
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("torch imported despite the blocker")
+        from asset.backends import backend_status, load_backend
+        from asset.predictor import Predictor
+        from asset.export import data as D
+        from asset import modeldir
+        from asset.benchmark import run_benchmark
+        m = {str(m)!r}
+        assert backend_status()["onnxruntime"] is None
+        items = D.split_items(modeldir.verify(m), "val")
+        images = [D.load_image(i.path) for i in items]
+        out = {{}}
+        for name, precision in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32")):
+            with Predictor(m, name, precision=precision) as p:
+                out[name + ":" + precision] = [[x.defective, x.defect_fraction] for x in p.predict(images)]
+        doc = run_benchmark(m, [("onnxruntime", "fp32"), ("openvino", "fp32")], min_iter=2, min_seconds=0)
+        out["bench"] = [r["status"] for r in doc["rows"]]
+        bad = [k for k in sys.modules if k.split(".")[0] in ("torch", "lightning", "torchmetrics")]
+        out["leaked"] = bad
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["leaked"] == [] and out["bench"] == ["ok", "ok"]
+    for key in ("onnxruntime:fp32", "openvino:fp32"):
+        assert [d for d, _ in out[key]] == [d for d, _ in expected]
+        assert np.allclose([f for _, f in out[key]], [f for _, f in expected], atol=1e-3)
+    assert len(out["onnxruntime:int8"]) == len(expected)

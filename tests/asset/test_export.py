@@ -1,0 +1,157 @@
+"""`asset export`: ONNX parity for a tiny model of each architecture family, INT8, OpenVINO, TensorRT (skipped
+without a GPU), the format table, arguments rejected before work, and nothing half-written on failure."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from asset import modeldir
+from asset.cli import main
+from asset.export import ExportError, export_model, format_status
+from tests.asset.backend_helpers import copy_model, make_model_dir, shared
+
+QUIET = {"log": lambda m: None}
+# (arch, encoder, channels, fixed size): every architecture family the registry builds on CPU; PSPNet / UPerNet
+# need the dynamo exporter at 32x32 (adaptive pooling), PAN a 128x128 canvas.
+FAMILIES = [("unetplusplus", "resnet18", 1, None), ("manet", "resnet18", 1, None), ("linknet", "resnet18", 1, None),
+            ("fpn", "resnet18", 1, None), ("pspnet", "resnet18", 1, None), ("pan", "resnet18", 1, (128, 128)),
+            ("deeplabv3", "resnet18", 1, None), ("deeplabv3plus", "mobilenet_v2", 1, None),
+            ("upernet", "resnet18", 1, None), ("segformer", "mit_b0", 3, None)]
+
+
+def _files(d):
+    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+
+
+def test_onnx_export_unet_recorded_and_verified():
+    m = shared()["model"]
+    card = modeldir.verify(m)  # the exports are covered by the checksums
+    e = card["exports"]["onnx"]
+    assert e["file"] == "exports/model.onnx" and (m / e["file"]).is_file()
+    assert e["dynamic"] == {"batch": True, "height_width": True} and e["opset"] == 17
+    v = e["verification"]
+    assert v["passed"] and v["split"] == "val" and v["decisions_equal"] == v["images"] > 0
+    assert v["max_abs_diff"] <= v["tolerance"] and v["mask_agreement"] == 1.0
+    model = onnx.load(m / e["file"])
+    onnx.checker.check_model(model)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, "height", "width"]
+
+
+@pytest.mark.parametrize("arch,encoder,channels,size", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_onnx_parity_each_family(tmp_path, arch, encoder, channels, size):
+    from tests.asset.helpers import make_dataset
+
+    ds = shared()["dataset"] if channels == 1 else make_dataset(tmp_path / "ds", 8, 4, channels=3)
+    m = make_model_dir(tmp_path / arch, ds, arch, encoder, channels, size=size)
+    e = export_model(m, "onnx", simplify=False, verify_images=4, **QUIET)
+    v = e["verification"]
+    assert v["passed"] and v["decisions_equal"] == v["images"] and v["max_abs_diff"] <= v["tolerance"]
+    assert modeldir.verify(m)["exports"]["onnx"]["verification"] == v
+
+
+def test_int8_static_qdq_per_channel():
+    m = shared()["model"]
+    e = modeldir.verify(m)["exports"]["onnx-int8"]
+    q = e["quantisation"]
+    assert q["format"] == "QDQ" and q["per_channel"] and q["calibration_split"] == "train"
+    assert e["speed"]["fp32_ms"] > 0 and e["speed"]["int8_ms"] > 0 and e["speed"]["speedup"] > 0
+    v = e["verification"]
+    assert {"accuracy_change", "pixel_iou_change"} <= set(v)
+    ops = {n.op_type for n in onnx.load(m / e["file"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert (m / e["file"]).stat().st_size < 0.5 * (m / "exports/model.onnx").stat().st_size
+
+
+def test_openvino_ir_written_and_verified():
+    m = shared()["model"]
+    e = modeldir.verify(m)["exports"]["openvino"]
+    assert e["file"] == "exports/openvino/model.xml" and (m / "exports/openvino/model.bin").is_file()
+    assert e["verification"]["passed"] and e["verification"]["decisions_equal"] == e["verification"]["images"]
+
+
+def test_help_lists_formats_for_this_machine(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    out = capsys.readouterr().out
+    for name in ("onnx", "onnx-int8", "openvino", "tensorrt"):
+        assert f"\n  {name} " in out
+    assert "onnx-int8  int8" in out
+    trt = format_status("tensorrt")
+    assert ("no: " + trt if trt else "tensorrt") in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--format", "onnx", "--precision", "fp16"], "does not take --precision"),
+    (["--format", "onnx", "--calib-images", "8"], "does not take --calib-images"),
+    (["--format", "openvino", "--max-batch", "4"], "does not take --max-batch"),
+    (["--format", "onnx", "--device", "cuda"], "does not take --device"),
+    (["--format", "onnx", "--opset", "7"], "opset 7 is not supported"),
+    (["--format", "onnx-int8", "--calib-images", "0"], "must be >= 1"),
+])
+def test_arguments_a_format_cannot_take_are_rejected_first(tmp_path, capsys, args, message):
+    missing = tmp_path / "does-not-exist"  # rejected before the model is even looked at
+    assert main(["export", "--model", str(missing), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_format_this_machine_cannot_produce(tmp_path, capsys):
+    why = format_status("tensorrt")
+    if why is None:
+        pytest.skip("this machine can build TensorRT engines")
+    m = copy_model(shared()["model"], tmp_path / "m")
+    before = _files(m)
+    assert main(["export", "--model", str(m), "--format", "tensorrt", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot produce 'tensorrt'" in err and why in err
+    assert _files(m) == before
+
+
+def test_missing_and_corrupt_model_dirs(tmp_path, capsys):
+    assert main(["export", "--model", str(tmp_path / "nope"), "--format", "onnx"]) == 2
+    assert "no such model directory" in capsys.readouterr().err
+    m = copy_model(shared()["model"], tmp_path / "m")
+    with open(m / "weights.pt", "ab") as fh:
+        fh.write(b"x")
+    before = _files(m)
+    assert main(["export", "--model", str(m), "--format", "openvino"]) == 2
+    assert "checksums do not match" in capsys.readouterr().err
+    assert _files(m) == before
+
+
+def test_failed_verification_writes_nothing(tmp_path):
+    m = copy_model(shared()["model"], tmp_path / "m")
+    card_before = (m / "model.json").read_text()
+    before = _files(m)
+    with pytest.raises(ExportError, match=r"failed verification against PyTorch: max \|logit diff\| .* Nothing"):
+        export_model(m, "openvino", atol=0.0, **QUIET)  # any difference at all fails
+    assert _files(m) == before and (m / "model.json").read_text() == card_before
+    modeldir.verify(m)
+
+
+def test_onnx_int8_accuracy_gate(tmp_path):
+    m = copy_model(shared()["model"], tmp_path / "m")
+    before = _files(m)
+    try:
+        e = export_model(m, "onnx-int8", max_accuracy_drop=-1.0, calib_images=4, **QUIET)  # impossible to pass
+    except ExportError as exc:
+        assert "accuracy" in str(exc) and "pixel IoU" in str(exc)
+        assert _files(m) == before
+    else:  # pragma: no cover
+        pytest.fail(f"an impossible accuracy gate passed: {json.dumps(e['verification'])}")
+
+
+def test_tensorrt_engine_export():
+    why = format_status("tensorrt")
+    if why:
+        print(f"TensorRT export skipped: {why}")
+        pytest.skip(f"TensorRT export: {why}")
+    m = shared()["model"]  # pragma: no cover - runs on GPU machines
+    for precision in ("fp32", "fp16", "int8"):
+        e = export_model(m, "tensorrt", precision=precision, max_accuracy_drop=1.0, calib_images=8, device="cuda",
+                         **QUIET)
+        assert e["verification"]["passed"] and e["gpu"]
