@@ -29,7 +29,7 @@ from asset.export.formats import DEFAULT_OPSET, FORMATS, ExportError, check_argu
 
 EXPORTS_DIR = "exports"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
-DEFAULTS = {"opset": DEFAULT_OPSET, "simplify": True, "dynamic": True, "atol": 1e-3, "verify_images": 16,
+DEFAULTS = {"opset": DEFAULT_OPSET, "simplify": True, "dynamic": True, "atol": 1e-3, "verify_images": 128,
             "calib_images": 32, "per_channel": True, "max_accuracy_drop": 0.02, "workspace": 4.0, "max_batch": 16}
 
 
