@@ -13,7 +13,7 @@ import sys
 
 import asset
 
-COMMANDS = ["train", "evaluate", "export", "benchmark"]  # later: "serve"
+COMMANDS = ["train", "evaluate", "export", "benchmark", "serve"]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

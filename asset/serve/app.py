@@ -1,0 +1,268 @@
+"""The FastAPI app factory. The model is loaded and warmed once, in the lifespan, in the background
+(so /healthz answers at once and /readyz says 503 until the model is ready); routes read it from
+app.state. Every answer, errors included, is JSON described by a Pydantic model."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pycocotools import mask as coco_mask
+from starlette.datastructures import UploadFile
+
+import asset
+from asset.serve.batcher import DynamicBatcher, QueueFull
+from asset.serve.imaging import RAW_TYPES, InputError, decode_upload
+from asset.serve.limits import BodyLimitMiddleware, BodyTooLarge
+from asset.serve.metrics import ServerMetrics
+from asset.serve.schemas import BatchResponse, ErrorResponse, Health, ModelRef, PredictionResponse, Timings
+from asset.serve.settings import Settings
+
+PAGE = Path(__file__).with_name("page.html")
+OPEN_ROUTES = {"/healthz", "/readyz"}
+IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                           "properties": {"image": {"type": "string", "format": "binary"}}}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+BATCH_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["images"],
+        "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
+}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503)}
+
+
+def error(status: int, kind: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=kind, detail=detail).model_dump(), status_code=status, headers=headers)
+
+
+KINDS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+         415: "unsupported_media_type", 422: "validation_error", 500: "internal_error", 503: "unavailable"}
+
+
+def model_ref(predictor, settings: Settings) -> ModelRef:
+    card = predictor.card
+    sums = Path(predictor.model_dir) / "SHA256SUMS"
+    checksum = hashlib.sha256(sums.read_bytes()).hexdigest() if sums.exists() else ""
+    return ModelRef(name=Path(predictor.model_dir).resolve().name, version=str(card.get("created", "")),
+                    checksum=checksum, backend=predictor.backend.name, precision=predictor.backend.precision)
+
+
+def _load_predictor(settings: Settings):
+    from asset.predictor import Predictor
+
+    return Predictor(settings.model, backend=settings.backend, batch_size=settings.max_batch,
+                     precision=settings.precision, device=settings.device, threads=settings.threads)
+
+
+def _warm(predictor) -> None:
+    alg = predictor.algorithm
+    h, w = alg.size_policy.size or (256, 256)
+    shape = (h, w) if alg.channels == 1 else (h, w, 3)
+    for _ in range(2):
+        predictor.predict([np.zeros(shape, np.uint8)])
+
+
+def create_app(settings: Settings, predictor=None) -> FastAPI:
+    """An app serving `settings.model` (or an already built `predictor`, for tests and benchmarks)."""
+    metrics = ServerMetrics()
+
+    async def load(app: FastAPI) -> None:
+        start = time.perf_counter()
+        try:
+            pred = predictor or await asyncio.to_thread(_load_predictor, settings)
+            batcher = DynamicBatcher(pred.predict, settings.max_batch, settings.max_wait_ms, settings.queue_size,
+                                     observe_batch=metrics.batch_size.observe)
+            batcher.start()
+            if settings.warmup:
+                await batcher.run_blocking(_warm, pred)
+            app.state.predictor, app.state.batcher = pred, batcher
+            app.state.model_ref = model_ref(pred, settings)
+            metrics.model_load.set(time.perf_counter() - start)
+            app.state.ready = True
+        except Exception as exc:  # the model could not load: keep serving health probes, say why on /readyz
+            app.state.load_error = f"{type(exc).__name__}: {exc}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.ready, app.state.load_error = False, None
+        app.state.predictor = app.state.batcher = None
+        loader = asyncio.create_task(load(app))
+        yield
+        loader.cancel()
+        if app.state.batcher is not None:
+            await app.state.batcher.stop()
+        if app.state.predictor is not None and predictor is None:
+            app.state.predictor.close()
+
+    app = FastAPI(
+        title="Defect detector", version=asset.__version__, lifespan=lifespan,
+        description="Segment defects in an image and decide whether it is defective. Send a PNG, JPEG or BMP "
+        "image as a multipart field `image` or as the raw body. 16-bit images are scaled to 8 bits, alpha "
+        "channels are dropped, palette images expanded. With an API key configured, every route but /healthz "
+        "and /readyz needs the `X-API-Key` header.",
+    )
+    app.state.settings, app.state.metrics = settings, metrics
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def auth_and_metrics(request: Request, call_next):
+        start = time.perf_counter()
+        path = request.url.path
+        if settings.api_key and path not in OPEN_ROUTES:
+            given = request.headers.get("x-api-key") or (request.query_params.get("api_key") if path == "/" else None)
+            if not given or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+                response = error(401, "unauthorized", "missing or wrong X-API-Key header")
+                metrics.requests.labels(path, "401").inc()
+                return response
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        metrics.requests.labels(label, str(response.status_code)).inc()
+        metrics.latency.labels(label).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(InputError)
+    async def on_input_error(request: Request, exc: InputError):
+        return error(exc.status, KINDS.get(exc.status, "bad_request"), str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def on_too_large(request: Request, exc: BodyTooLarge):
+        return error(413, "too_large", f"request body over the limit of {settings.max_body_bytes} bytes")
+
+    @app.exception_handler(QueueFull)
+    async def on_queue_full(request: Request, exc: QueueFull):
+        return error(503, "overloaded", f"{exc}; retry shortly", headers={"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return error(422, "validation_error", "; ".join(parts) or "invalid request")
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, KINDS.get(exc.status_code, "error"), str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception):
+        return error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    def ready_or_503(request: Request):
+        if not request.app.state.ready:
+            why = request.app.state.load_error or "model is loading"
+            raise InputError(503, f"not ready: {why}")
+
+    async def read_images(request: Request, field: str, many: bool) -> list[bytes]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            form = await request.form(max_part_size=settings.max_body_bytes, max_files=settings.max_batch_images + 1)
+            files = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
+            if not files:
+                names = ", ".join(sorted(set(form.keys()))) or "none"
+                raise InputError(422, f"multipart field '{field}' is missing (fields sent: {names})")
+            if len(files) > settings.max_batch_images:
+                raise InputError(413, f"{len(files)} images in one request; the limit is {settings.max_batch_images}")
+            return [await f.read() for f in (files if many else files[:1])]
+        if many:
+            raise InputError(415, f"send the images as multipart/form-data fields named '{field}'")
+        if ctype and ctype not in RAW_TYPES:
+            raise InputError(415, f"unsupported content type {ctype!r}: send image/png, image/jpeg, image/bmp "
+                                  "or multipart/form-data with a field 'image'")
+        return [await request.body()]
+
+    async def predict_many(request: Request, blobs: list[bytes], threshold: float | None, mask: str):
+        t0 = time.perf_counter()
+        images = [await asyncio.to_thread(decode_upload, b, settings.max_pixels) for b in blobs]
+        decoded = time.perf_counter()
+        state = request.app.state
+        metrics.queue_depth.set(state.batcher.depth)
+        predictions, backend_s = await state.batcher.submit(images)
+        metrics.queue_depth.set(state.batcher.depth)
+        done = time.perf_counter()
+        results = []
+        for image, p in zip(images, predictions):
+            t = p.threshold if threshold is None else threshold
+            defective = bool(p.defect_fraction >= t)
+            metrics.images.labels("defective" if defective else "ok").inc()
+            rle = coco_mask.encode(np.asfortranarray(p.mask.astype(np.uint8)))
+            png = None
+            if mask == "png":
+                png = base64.b64encode(cv2.imencode(".png", p.mask.astype(np.uint8) * 255)[1].tobytes()).decode()
+            results.append(PredictionResponse(
+                defective=defective, defect_fraction=float(p.defect_fraction), score=float(p.score), threshold=float(t),
+                width=int(image.shape[1]), height=int(image.shape[0]),
+                mask={"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}, mask_png=png,
+                model=state.model_ref,
+                timings=Timings(decode_ms=1000 * (decoded - t0) / len(images),
+                                queue_ms=max(0.0, 1000 * ((done - decoded) - backend_s)),
+                                inference_ms=1000 * backend_s, total_ms=1000 * (time.perf_counter() - t0)),
+            ))
+        return results
+
+    threshold_q = Query(None, ge=0.0, le=1.0, description="image threshold for this request (default: the model's)")
+    mask_q = Query("rle", pattern="^(rle|png)$", description="'png' adds the mask as a base64 PNG")
+
+    @app.post("/predict", response_model=PredictionResponse, responses=ERRORS, openapi_extra={"requestBody": IMAGE_BODY},
+              summary="Predict one image", tags=["predict"])
+    async def predict(request: Request, threshold: float | None = threshold_q, mask: str = mask_q):
+        ready_or_503(request)
+        blobs = await read_images(request, "image", many=False)
+        return (await predict_many(request, blobs, threshold, mask))[0]
+
+    @app.post("/predict/batch", response_model=BatchResponse, responses=ERRORS,
+              openapi_extra={"requestBody": BATCH_BODY}, summary="Predict several images, answers in order",
+              tags=["predict"])
+    async def predict_batch(request: Request, threshold: float | None = threshold_q, mask: str = mask_q):
+        ready_or_503(request)
+        blobs = await read_images(request, "images", many=True)
+        return BatchResponse(results=await predict_many(request, blobs, threshold, mask))
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="The process is alive")
+    async def healthz():
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}}, tags=["health"],
+             summary="The model is loaded and warmed")
+    async def readyz(request: Request):
+        ready_or_503(request)
+        return Health(status="ready")
+
+    @app.get("/model", responses=ERRORS, tags=["model"], summary="The model card (model.json)")
+    async def model_card(request: Request) -> dict:
+        ready_or_503(request)
+        pred = request.app.state.predictor
+        return {"model": request.app.state.model_ref.model_dump(), "card": pred.card,
+                "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+                             "queue_size": settings.queue_size}}
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus():
+        if app.state.batcher is not None:
+            metrics.queue_depth.set(app.state.batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    return app

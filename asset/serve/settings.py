@@ -1,0 +1,73 @@
+"""Server settings: command-line options, or environment variables (what a container sets)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+class SettingsError(ValueError):
+    """A setting out of range; the message names it and the valid range."""
+
+
+@dataclass
+class Settings:
+    model: str = ""
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    device: str = "cpu"
+    threads: int | None = None
+    api_key: str | None = None
+    max_batch: int = 8             # largest batch the dynamic batcher forms (Triton: max_batch_size)
+    max_wait_ms: float = 5.0       # how long the first request of a batch waits for company (Triton: max_queue_delay)
+    queue_size: int = 64           # requests waiting at most; beyond it: 503 + Retry-After
+    max_body_mb: float = 20.0      # request bodies above this: 413, refused before they are read whole
+    max_pixels: int = 40_000_000   # images above this pixel count: 413, refused before decoding (decompression bombs)
+    max_batch_images: int = 32     # images in one POST /predict/batch
+    warmup: bool = True
+
+    ENV = {
+        "model": "ASSET_MODEL", "backend": "ASSET_BACKEND", "precision": "ASSET_PRECISION", "device": "ASSET_DEVICE",
+        "threads": "ASSET_THREADS", "api_key": "ASSET_API_KEY", "max_batch": "ASSET_MAX_BATCH",
+        "max_wait_ms": "ASSET_MAX_WAIT_MS", "queue_size": "ASSET_QUEUE_SIZE", "max_body_mb": "ASSET_MAX_BODY_MB",
+        "max_pixels": "ASSET_MAX_PIXELS", "max_batch_images": "ASSET_MAX_BATCH_IMAGES",
+    }
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> Settings:
+        """Defaults, then ASSET_* environment variables, then explicit (non-None) overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in cls.ENV.items():
+            if environ.get(var) not in (None, ""):
+                raw = environ[var]
+                kind = types[name]
+                try:
+                    if "int" in str(kind):
+                        values[name] = int(raw)
+                    elif "float" in str(kind):
+                        values[name] = float(raw)
+                    else:
+                        values[name] = raw
+                except ValueError:
+                    raise SettingsError(f"{var}={raw!r} is not a number") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not self.model:
+            raise SettingsError("no model: pass --model MODEL_DIR or set ASSET_MODEL")
+        for name, low in (("max_batch", 1), ("queue_size", 1), ("max_pixels", 1), ("max_batch_images", 1)):
+            if int(getattr(self, name)) < low:
+                raise SettingsError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.max_wait_ms < 0 or self.max_body_mb <= 0:
+            raise SettingsError("max_wait_ms must be >= 0 and max_body_mb > 0")
+        if self.threads is not None and self.threads < 1:
+            raise SettingsError(f"threads must be >= 1, got {self.threads}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
