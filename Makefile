@@ -37,6 +37,13 @@ demo: setup ## end to end on the embedded synthetic dataset: generate, convert, 
 bench: setup ## benchmarks, each against a baseline measured in the same run (not part of tests)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/bench.sh out/bench
 
+MODEL ?= $(DEMO)/model
+HOST  ?= 127.0.0.1
+PORT  ?= 8000
+serve: setup ## serve a model over HTTP until Ctrl-C: make serve [MODEL=out/demo/model] [PORT=8000] (page at /)
+	@test -f "$(MODEL)/model.json" || { echo "error: no model at $(MODEL): run make demo first, or set MODEL=..." >&2; exit 2; }
+	$(BIN)/asset serve --model "$(MODEL)" --backend onnxruntime --host $(HOST) --port $(PORT)
+
 lint: setup ## ruff over the Python code
 	$(BIN)/ruff check datatools asset tests scripts
 

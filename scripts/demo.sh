@@ -33,6 +33,9 @@ log "7/8 benchmark every backend on this machine (val split)"
 asset benchmark --model "$model" --backends pytorch,onnxruntime,onnxruntime:int8,openvino --min-seconds 1 \
   --out "$out/benchmark"
 
+log "8/8 serve: start the server on loopback, send one defective and one OK test image, stop it"
+python scripts/demo_serve.py --model "$model" --data "$version_dir"
+
 log "outputs ($((SECONDS - start)) s)"
 echo "raw images:     $out/raw/synthetic"
 echo "dataset:        $version_dir"

@@ -56,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
     modeldir.verify(settings.model)  # a missing or corrupt model directory fails here, before binding a port
     host = args.host or os.environ.get("ASSET_HOST", "127.0.0.1")
     port = args.port or int(os.environ.get("ASSET_PORT", "8000"))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
+                loop="auto", http="auto")  # uvloop + httptools when installed (they are pinned in the runtime)
     return 0

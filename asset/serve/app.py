@@ -192,9 +192,13 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
 
     async def predict_many(request: Request, blobs: list[bytes], threshold: float | None, mask: str):
         t0 = time.perf_counter()
-        images = [await asyncio.to_thread(decode_upload, b, settings.max_pixels) for b in blobs]
-        decoded = time.perf_counter()
         state = request.app.state
+        state.batcher.expect(len(blobs))  # the batcher waits (max_wait_ms at most) for images on their way
+        try:
+            images = [await asyncio.to_thread(decode_upload, b, settings.max_pixels) for b in blobs]
+        finally:
+            state.batcher.expect(-len(blobs))  # no await until submit() queues them: they are never lost sight of
+        decoded = time.perf_counter()
         metrics.queue_depth.set(state.batcher.depth)
         predictions, backend_s = await state.batcher.submit(images)
         metrics.queue_depth.set(state.batcher.depth)

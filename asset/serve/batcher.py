@@ -1,9 +1,12 @@
 """A dynamic batcher (as in Triton): concurrent requests are grouped into batches for one worker.
 
-One asyncio task owns a bounded queue. It takes the first waiting request, waits up to `max_wait`
-for more (up to `max_batch` images), and runs the whole batch on the predictor in a single
-dedicated thread, so the backend is never called from two threads at once and the event loop stays
-free. A full queue is refused at once (QueueFull -> 503 + Retry-After), never piled up.
+One asyncio task owns a bounded queue. It takes the first waiting request, takes whatever else is
+already queued, and waits up to `max_wait` for more (up to `max_batch` images) only while more
+requests are on their way (announced with `expect()` by the handlers that are still decoding their
+images): a lone request runs at once (no added latency at low load), while under load the batches
+fill. The batch runs on the predictor in a single dedicated thread, so the backend is never called
+from two threads at once and the event loop stays free. A full queue is refused at once
+(QueueFull -> 503 + Retry-After), never piled up.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ class DynamicBatcher:
         self.observe_batch = observe_batch or (lambda n: None)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
         self.task: asyncio.Task | None = None
+        self.incoming = 0  # requests accepted and still decoding: the only company worth waiting for
+        self.arriving = 0  # images announced by handlers still decoding them (see expect)
+
+    def expect(self, images: int) -> None:
+        """Announce `images` about to be submitted (or, negative, no longer coming): the batcher waits for them."""
+        self.arriving = max(0, self.arriving + images)
 
     @property
     def depth(self) -> int:
@@ -76,6 +85,8 @@ class DynamicBatcher:
         count = len(jobs[0].images)
         deadline = time.perf_counter() + self.max_wait
         while count < self.max_batch:
+            if self.queue.empty() and self.arriving <= 0:
+                break  # nobody else is on the way: don't make this batch wait
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
