@@ -46,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=None,
                    help="dynamic height/width where the architecture allows (batch is always dynamic; default on)")
     p.add_argument("--atol", type=float, help="logit tolerance, relative to max(1, |logit|) (default 1e-3)")
-    p.add_argument("--verify-images", type=int, help="validation images to verify on (default 128: an accuracy change needs more than a handful)")
+    p.add_argument("--verify-images", type=int,
+                   help="validation images to verify on (default 128: an accuracy change needs more than a handful)")
     p.add_argument("--calib-images", type=int, help="onnx-int8 / tensorrt int8: training images to calibrate on "
                    "(default 32)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
