@@ -26,7 +26,7 @@ from asset.serve.batcher import DynamicBatcher, QueueFull
 from asset.serve.imaging import RAW_TYPES, InputError, decode_upload
 from asset.serve.limits import BodyLimitMiddleware, BodyTooLarge
 from asset.serve.metrics import ServerMetrics
-from asset.serve.schemas import BatchResponse, ErrorResponse, Health, ModelRef, PredictionResponse, Timings
+from asset.serve.schemas import Batching, BatchResponse, ErrorResponse, Health, ModelInfo, ModelRef, PredictionResponse, Timings
 from asset.serve.settings import Settings
 
 PAGE = Path(__file__).with_name("page.html")
@@ -45,7 +45,8 @@ BATCH_BODY = {
     "required": True,
     "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["images"],
-        "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
+        "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
+        "encoding": {"images": {"contentType": "image/png, image/jpeg, image/bmp"}}}},
 }
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503)}
 
@@ -73,12 +74,14 @@ def _load_predictor(settings: Settings):
                      precision=settings.precision, device=settings.device, threads=settings.threads)
 
 
-def _warm(predictor) -> None:
+def _warm(predictor, max_batch: int = 1) -> None:
+    """Batch 1 twice, then one full batch: the engine's memory arena reaches its high-water mark before the first
+    request (RSS then stays flat under load instead of growing the first time a full batch forms)."""
     alg = predictor.algorithm
     h, w = alg.size_policy.size or (256, 256)
     shape = (h, w) if alg.channels == 1 else (h, w, 3)
-    for _ in range(2):
-        predictor.predict([np.zeros(shape, np.uint8)])
+    for n in (1, 1, max_batch):
+        predictor.predict([np.zeros(shape, np.uint8)] * n)
 
 
 def create_app(settings: Settings, predictor=None) -> FastAPI:
@@ -93,7 +96,7 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
                                      observe_batch=metrics.batch_size.observe)
             batcher.start()
             if settings.warmup:
-                await batcher.run_blocking(_warm, pred)
+                await batcher.run_blocking(_warm, pred, settings.max_batch)
             app.state.predictor, app.state.batcher = pred, batcher
             app.state.model_ref = model_ref(pred, settings)
             metrics.model_load.set(time.perf_counter() - start)
@@ -123,6 +126,8 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
     app.state.settings, app.state.metrics = settings, metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
+    route_paths: set[str] = set()  # filled once the routes below exist
+
     @app.middleware("http")
     async def auth_and_metrics(request: Request, call_next):
         start = time.perf_counter()
@@ -131,7 +136,8 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
             given = request.headers.get("x-api-key") or (request.query_params.get("api_key") if path == "/" else None)
             if not given or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
                 response = error(401, "unauthorized", "missing or wrong X-API-Key header")
-                metrics.requests.labels(path, "401").inc()
+                # known routes only as labels: arbitrary paths must not grow the metric without bound
+                metrics.requests.labels(path if path in route_paths else "unmatched", "401").inc()
                 return response
         response = await call_next(request)
         route = request.scope.get("route")
@@ -251,13 +257,13 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
         ready_or_503(request)
         return Health(status="ready")
 
-    @app.get("/model", responses=ERRORS, tags=["model"], summary="The model card (model.json)")
-    async def model_card(request: Request) -> dict:
+    @app.get("/model", response_model=ModelInfo, responses=ERRORS, tags=["model"],
+             summary="The model card (model.json) and the batching settings")
+    async def model_card(request: Request) -> ModelInfo:
         ready_or_503(request)
-        pred = request.app.state.predictor
-        return {"model": request.app.state.model_ref.model_dump(), "card": pred.card,
-                "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
-                             "queue_size": settings.queue_size}}
+        return ModelInfo(model=request.app.state.model_ref, card=request.app.state.predictor.card,
+                         batching=Batching(max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                                           queue_size=settings.queue_size))
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     async def prometheus():
@@ -269,4 +275,5 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
+    route_paths.update(getattr(r, "path", "") for r in app.routes)
     return app

@@ -40,7 +40,6 @@ class DynamicBatcher:
         self.observe_batch = observe_batch or (lambda n: None)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
         self.task: asyncio.Task | None = None
-        self.incoming = 0  # requests accepted and still decoding: the only company worth waiting for
         self.arriving = 0  # images announced by handlers still decoding them (see expect)
 
     def expect(self, images: int) -> None:

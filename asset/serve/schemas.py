@@ -49,6 +49,19 @@ class BatchResponse(BaseModel):
     results: list[PredictionResponse]
 
 
+class Batching(BaseModel):
+    max_batch: int = Field(description="largest batch the dynamic batcher forms", examples=[8])
+    max_wait_ms: float = Field(description="longest wait for a batch to fill (only while requests are on their way)",
+                               examples=[5.0])
+    queue_size: int = Field(description="requests waiting at most; beyond it: 503 with Retry-After", examples=[64])
+
+
+class ModelInfo(BaseModel):
+    model: ModelRef
+    card: dict = Field(description="the model directory's model.json")
+    batching: Batching
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(examples=["unsupported_media_type"])
     detail: str = Field(examples=["not a PNG, JPEG or BMP image (unrecognised file signature)"])

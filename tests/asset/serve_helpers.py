@@ -30,3 +30,51 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array, mode=mode).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackServer:
+    """An app under a real uvicorn on 127.0.0.1 (a thread of this process); `with` waits until /readyz is 200.
+
+        with LoopbackServer(create_app(settings)) as url: httpx.get(url + "/healthz")
+    """
+
+    def __init__(self, app, ready_timeout: float = 60.0) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.ready_timeout = ready_timeout
+        self.thread = None
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        import httpx
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="uvicorn-test")
+        self.thread.start()
+        deadline = time.time() + self.ready_timeout
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"server at {self.url} did not become ready in {self.ready_timeout} s")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=10)

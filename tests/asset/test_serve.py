@@ -201,6 +201,33 @@ def test_batcher_groups_requests_and_bounds_its_queue():
     asyncio.run(scenario())
 
 
+def test_batcher_waits_only_for_announced_company():
+    calls: list[int] = []
+
+    def predict(images):
+        calls.append(len(images))
+        return [0 for _ in images]
+
+    async def scenario():
+        batcher = DynamicBatcher(predict, max_batch=8, max_wait_ms=400, queue_size=8)
+        batcher.start()
+        t = time.perf_counter()
+        await batcher.submit([np.zeros((2, 2), np.uint8)])  # alone, nothing announced: no 400 ms wait
+        assert time.perf_counter() - t < 0.2 and calls == [1]
+        batcher.expect(1)  # a handler still decoding its image: the batch waits for it (up to max_wait)
+
+        async def late():
+            await asyncio.sleep(0.05)
+            batcher.expect(-1)
+            return await batcher.submit([np.zeros((2, 2), np.uint8)])
+
+        await asyncio.gather(batcher.submit([np.zeros((2, 2), np.uint8)]), late())
+        assert calls == [1, 2]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_queue_full_is_503_with_retry_after(served_model, images):
     _, _, data = images[0]
     with TestClient(create_app(Settings(model=str(served_model), threads=1))) as client:

@@ -17,14 +17,14 @@ from tests.asset.test_page_browser import server  # noqa: F401  (the loopback uv
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
-def test_no_server_errors(server):  # noqa: F811
+def test_no_server_errors(server, tmp_path):  # noqa: F811
     if not SCHEMATHESIS.exists():
         pytest.fail("schemathesis is not installed: run `make setup` (pinned in requirements-dev.txt)")
     url, _ = server
     result = subprocess.run(
         [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
          "--seed", "1", "--request-timeout", "30", "--workers", "1", "--no-color"],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,  # its .schemathesis/ cache goes there
     )
     report = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
