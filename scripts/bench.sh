@@ -25,6 +25,11 @@ if [ -f scripts/bench_inference.py ]; then
   python scripts/bench_inference.py --out "$out/inference.json" | tee -a "$summary"
 fi
 
+if [ -f scripts/bench_server.py ]; then
+  echo "== asset: HTTP server vs the bare backend (same model, same image)" >&2
+  python scripts/bench_server.py --size 256 --out "$out/server.json" | tee -a "$summary"
+fi
+
 echo >&2
 cat "$summary"
 python scripts/update_readme_bench.py "$summary" README.md

@@ -16,6 +16,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
 
     result = {
         "model": f"{args.encoder}-{args.arch}", "size": args.size, "threads": args.threads,
