@@ -17,14 +17,12 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 from PIL import Image
@@ -34,13 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_inference import make_dataset  # noqa: E402
-from loadtest import run_level  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loadtest import free_port, run_level, wait_ready  # noqa: E402
 
 
 def median_ms(fn, iters: int) -> float:
@@ -93,16 +85,7 @@ def main() -> None:
                                "--threads", str(args.threads), "--max-batch", "8", "--max-wait-ms", "2"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            sys.exit("error: the server did not become ready")
+        wait_ready(url, server)
         proc = psutil.Process(server.pid)
         c1 = asyncio.run(run_level(url, payload, 1, 60, 80))
         c8 = asyncio.run(run_level(url, payload, 8, 60, 320))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadtest import free_port, wait_ready  # noqa: E402
 
 
 def main() -> None:
@@ -24,26 +25,13 @@ def main() -> None:
     test = [s for s in doc["samples"] if s["split"] == "test"]
     picks = [next(s for s in test if s["defective"]), next(s for s in test if not s["defective"])]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "asset.cli", "serve", "--model", str(args.model),
                                "--backend", "onnxruntime", "--host", "127.0.0.1", "--port", str(port)],
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                sys.exit("error: the server exited before it was ready")
-            time.sleep(0.2)
-        else:
-            sys.exit("error: the server was not ready after 120 s")
+        wait_ready(url, server)
         print(f"server ready at {url} (page: {url}/, API docs: {url}/docs)")
         for sample in picks:
             data = (args.data / sample["image"]).read_bytes()

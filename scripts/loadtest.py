@@ -31,6 +31,30 @@ def check_loopback(url: str) -> None:
         sys.exit(f"error: {url} is not a loopback address (127.0.0.0/8, ::1 or localhost)")
 
 
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process=None, timeout: float = 120.0) -> None:
+    """Poll GET /readyz until 200; exit with a clear message if `process` dies or time runs out."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process is not None and process.poll() is not None:
+            sys.exit(f"error: the server exited (code {process.returncode}) before it was ready")
+        time.sleep(0.2)
+    sys.exit(f"error: the server at {url} was not ready after {timeout:.0f} s")
+
+
 async def run_level(url: str, payload: bytes, concurrency: int, duration: float, max_requests: int,
                     content_type: str = "image/png", api_key: str | None = None) -> dict:
     """`concurrency` workers send the image back to back until `duration` s or `max_requests` are spent."""
