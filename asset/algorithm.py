@@ -156,6 +156,11 @@ class Algorithm:
         self.std = np.asarray(std, dtype=np.float32).reshape(channels, 1, 1)
         self.pixel_threshold = float(pixel_threshold)
         self.image_threshold = float(image_threshold)
+        # preprocessing as x * scale + offset, and the pixel threshold on the logits (see postprocess)
+        self._scale = (1.0 / (255.0 * self.std)).astype(np.float32)
+        self._offset = (-self.mean / self.std).astype(np.float32)
+        t = self.pixel_threshold
+        self._logit_threshold = -np.inf if t <= 0.0 else np.inf if t >= 1.0 else float(np.log(t / (1.0 - t)))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -248,11 +253,12 @@ class Algorithm:
                 f"images in one batch reach different network sizes {sorted(s[:2] for s in shapes)}: send them one "
                 "at a time, or use a size policy with a fixed size"
             )
-        batch = np.stack(fitted).astype(np.float32).transpose(0, 3, 1, 2)
-        batch *= 1.0 / 255.0
-        batch -= self.mean
-        batch /= self.std
-        return np.ascontiguousarray(batch, dtype=np.float32), metas
+        # (x / 255 - mean) / std as one multiply-add per pixel, written straight into the N x C x H x W layout
+        stacked = np.stack(fitted).transpose(0, 3, 1, 2)
+        batch = np.empty(stacked.shape, dtype=np.float32)
+        np.multiply(stacked, self._scale, out=batch, casting="unsafe")
+        batch += self._offset
+        return batch, metas
 
     def preprocess_mask(self, mask: np.ndarray, meta: Meta) -> np.ndarray:
         """A ground-truth HxW mask -> the network frame (same geometry as the image; nearest neighbour).
@@ -268,8 +274,8 @@ class Algorithm:
         return out
 
     # ------------------------------------------------------------------ output
-    def probabilities(self, logits: np.ndarray, meta: Meta) -> np.ndarray:
-        """One image's logits (1xHxW or HxW) -> HxW float32 probabilities at the original size."""
+    def original_logits(self, logits: np.ndarray, meta: Meta) -> np.ndarray:
+        """One image's logits (1xHxW or HxW) -> HxW float32 logits at the original size (padding cut off)."""
         lg = np.asarray(logits, dtype=np.float32)
         if lg.ndim == 3:
             lg = lg[0]
@@ -277,8 +283,12 @@ class Algorithm:
         lg = lg[:ch, :cw]
         if (ch, cw) != meta.original:
             h, w = meta.original
-            lg = cv2.resize(lg, (w, h), interpolation=cv2.INTER_LINEAR)
-        return sigmoid(lg)
+            lg = cv2.resize(np.ascontiguousarray(lg), (w, h), interpolation=cv2.INTER_LINEAR)
+        return lg
+
+    def probabilities(self, logits: np.ndarray, meta: Meta) -> np.ndarray:
+        """One image's logits (1xHxW or HxW) -> HxW float32 probabilities at the original size."""
+        return sigmoid(self.original_logits(logits, meta))
 
     def postprocess(self, logits: np.ndarray, metas: list[Meta], image_threshold: float | None = None,
                     keep_prob: bool = False) -> list[Prediction]:
@@ -291,13 +301,15 @@ class Algorithm:
             raise AlgorithmError(f"logits of shape {logits.shape} do not match {len(metas)} images (N x 1 x H x W)")
         out = []
         for lg, meta in zip(logits, metas):
-            prob = self.probabilities(lg, meta)
-            mask = (prob >= self.pixel_threshold).astype(np.uint8)
-            fraction = float(mask.mean())
-            max_prob = float(prob.max())
+            lg = self.original_logits(lg, meta)
+            # sigmoid is monotonic: prob >= pixel_threshold  <=>  logit >= logit(pixel_threshold), so the mask and
+            # the maximum need no per-pixel exp (the costliest step of post-processing on CPU)
+            mask = (lg >= self._logit_threshold).view(np.uint8)
+            fraction = float(np.count_nonzero(mask)) / mask.size
+            max_prob = float(sigmoid(lg.max()))
             out.append(Prediction(
                 mask=mask, defect_fraction=fraction, score=fraction + SCORE_TIEBREAK * max_prob,
-                defective=fraction >= t, threshold=t, max_prob=max_prob, prob=prob if keep_prob else None,
+                defective=fraction >= t, threshold=t, max_prob=max_prob, prob=sigmoid(lg) if keep_prob else None,
             ))
         return out
 
@@ -305,12 +317,8 @@ class Algorithm:
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function (float32)."""
     x = np.asarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
+    ex = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + ex), ex / (1.0 + ex)).astype(np.float32)
 
 
 def pil_to_array(img: Image.Image) -> np.ndarray:

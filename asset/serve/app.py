@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from pycocotools import mask as coco_mask
 from starlette.datastructures import UploadFile
 
 import asset
+from asset.serve.access import AccessMiddleware
 from asset.serve.batcher import DynamicBatcher, QueueFull
 from asset.serve.imaging import RAW_TYPES, InputError, decode_upload
 from asset.serve.limits import BodyLimitMiddleware, BodyTooLarge
@@ -30,7 +30,6 @@ from asset.serve.schemas import Batching, BatchResponse, ErrorResponse, Health, 
 from asset.serve.settings import Settings
 
 PAGE = Path(__file__).with_name("page.html")
-OPEN_ROUTES = {"/healthz", "/readyz"}
 IMAGE_BODY = {
     "required": True,
     "content": {
@@ -49,6 +48,11 @@ BATCH_BODY = {
         "encoding": {"images": {"contentType": "image/png, image/jpeg, image/bmp"}}}},
 }
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503)}
+
+
+def json_answer(model) -> Response:
+    """A Pydantic answer serialised once, by pydantic-core (FastAPI would validate it again, then encode it)."""
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def error(status: int, kind: str, detail: str, headers: dict | None = None) -> JSONResponse:
@@ -127,24 +131,7 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     route_paths: set[str] = set()  # filled once the routes below exist
-
-    @app.middleware("http")
-    async def auth_and_metrics(request: Request, call_next):
-        start = time.perf_counter()
-        path = request.url.path
-        if settings.api_key and path not in OPEN_ROUTES:
-            given = request.headers.get("x-api-key") or (request.query_params.get("api_key") if path == "/" else None)
-            if not given or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-                response = error(401, "unauthorized", "missing or wrong X-API-Key header")
-                # known routes only as labels: arbitrary paths must not grow the metric without bound
-                metrics.requests.labels(path if path in route_paths else "unmatched", "401").inc()
-                return response
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(AccessMiddleware, metrics=metrics, api_key=settings.api_key, route_paths=route_paths)
 
     @app.exception_handler(InputError)
     async def on_input_error(request: Request, exc: InputError):
@@ -237,7 +224,7 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
     async def predict(request: Request, threshold: float | None = threshold_q, mask: str = mask_q):
         ready_or_503(request)
         blobs = await read_images(request, "image", many=False)
-        return (await predict_many(request, blobs, threshold, mask))[0]
+        return json_answer((await predict_many(request, blobs, threshold, mask))[0])
 
     @app.post("/predict/batch", response_model=BatchResponse, responses=ERRORS,
               openapi_extra={"requestBody": BATCH_BODY}, summary="Predict several images, answers in order",
@@ -245,7 +232,7 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
     async def predict_batch(request: Request, threshold: float | None = threshold_q, mask: str = mask_q):
         ready_or_503(request)
         blobs = await read_images(request, "images", many=True)
-        return BatchResponse(results=await predict_many(request, blobs, threshold, mask))
+        return json_answer(BatchResponse(results=await predict_many(request, blobs, threshold, mask)))
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="The process is alive")
     async def healthz():

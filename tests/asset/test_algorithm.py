@@ -132,3 +132,24 @@ def test_configs_load_and_help_explains_every_key(capsys):
 
     assert all(f"{k}:" in out for k in keys(defaults))
     assert "--resume" in out and "DDP" in out
+
+
+@pytest.mark.parametrize("pixel_threshold", [0.0, 0.3, 0.5, 0.9, 1.0])
+def test_fast_postprocess_matches_the_sigmoid_definition(pixel_threshold):
+    """The mask is thresholded on the logits (no per-pixel exp): it must equal sigmoid(logits) >= threshold."""
+    rng = np.random.default_rng(3)
+    a = Algorithm(3, SizePolicy("pad", 32), [0.4, 0.5, 0.6], [0.2, 0.25, 0.3], pixel_threshold, 0.01)
+    images = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(2)]
+    x, metas = a.preprocess(images)
+    mean, std = np.array([0.4, 0.5, 0.6]).reshape(3, 1, 1), np.array([0.2, 0.25, 0.3]).reshape(3, 1, 1)
+    np.testing.assert_allclose(x[1, :, :40, :50], (images[1].transpose(2, 0, 1) / 255 - mean) / std, atol=1e-5)
+    logits = rng.normal(0, 4, (2, 1, 64, 64)).astype(np.float32)
+    logits[0, 0, 0, 0] = 200.0  # saturated and extreme values stay finite
+    logits[1, 0, 0, 0] = -200.0
+    for lg, meta, p in zip(logits, metas, a.postprocess(logits, metas, keep_prob=True)):
+        reference = 1.0 / (1.0 + np.exp(-lg[0, :40, :50].astype(np.float64)))
+        expected = reference >= pixel_threshold if 0 < pixel_threshold < 1 else np.full((40, 50), pixel_threshold == 0)
+        np.testing.assert_array_equal(p.mask.astype(bool), expected)
+        assert p.mask.dtype == np.uint8 and p.defect_fraction == pytest.approx(expected.mean())
+        np.testing.assert_allclose(p.prob, reference, atol=1e-6)
+        assert p.max_prob == pytest.approx(reference.max(), abs=1e-6) and np.isfinite(p.prob).all()
