@@ -27,7 +27,7 @@ fi
 
 if [ -f scripts/bench_server.py ]; then
   echo "== asset: HTTP server vs the bare backend (same model, same image)" >&2
-  python scripts/bench_server.py --size 256 --out "$out/server.json" | tee -a "$summary"
+  python scripts/bench_server.py --workloads dagm512,rgb256 --out "$out/server.json" | tee -a "$summary"
 fi
 
 echo >&2

@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from datatools.synthetic.generator import generate_dagm_layout
 from PIL import Image
 
 from datatools.convert import default_workers, write_dataset
 from datatools.dagm.parser import parse_dagm
+from datatools.synthetic.generator import generate_dagm_layout
 
 
 def _reencode(path: str) -> int:

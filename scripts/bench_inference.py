@@ -68,12 +68,14 @@ def round_robin(fns: dict, iters: int, block: int = 5, budget_s: float = 60.0) -
     return {k: float(np.median(v) * 1000) for k, v in times.items()} | {"_iterations": min(map(len, times.values()))}
 
 
-def make_dataset(root: Path, size: int) -> Path:
-    """A small 3-channel dataset at size x size (for export verification, INT8 calibration and accuracy)."""
+def make_dataset(root: Path, size: int, channels: int = 3) -> Path:
+    """A small dataset at size x size (for export verification, INT8 calibration and accuracy): 3-channel
+    noise with bright squares, or (channels=1) DAGM-like grayscale textures from the synthetic datatool."""
     from PIL import Image
 
     from datatools.convert import write_dataset
     from datatools.records import ParsedDataset, RawSample
+    from datatools.synthetic.generator import SyntheticOptions, render
 
     rng = np.random.default_rng(0)
     raw = root / "raw"
@@ -81,13 +83,17 @@ def make_dataset(root: Path, size: int) -> Path:
     samples = []
     for split, n in (("train", 12), ("test", 4)):
         for i in range(n):
-            img = rng.integers(60, 120, size=(size, size, 3)).astype(np.uint8)
-            mask = np.zeros((size, size), np.uint8)
-            if i % 2 == 0:
-                d = max(4, size // 8)
-                y, x = rng.integers(0, size - d, 2)
-                mask[y:y + d, x:x + d] = 1
-                img[mask == 1] = 230
+            if channels == 1:
+                img, mask = render(SyntheticOptions(size=size), 1 + i % 4, split, i, defective=i % 2 == 0)
+                mask = (mask > 0).astype(np.uint8)
+            else:
+                img = rng.integers(60, 120, size=(size, size, 3)).astype(np.uint8)
+                mask = np.zeros((size, size), np.uint8)
+                if i % 2 == 0:
+                    d = max(4, size // 8)
+                    y, x = rng.integers(0, size - d, 2)
+                    mask[y:y + d, x:x + d] = 1
+                    img[mask == 1] = 230
             ip, mp = raw / f"{split}{i}.png", raw / f"{split}{i}_mask.png"
             Image.fromarray(img).save(ip)
             Image.fromarray(mask * 255).save(mp)

@@ -189,11 +189,12 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
         state.batcher.expect(len(blobs))  # the batcher waits (max_wait_ms at most) for images on their way
         try:
             images = [await asyncio.to_thread(decode_upload, b, settings.max_pixels) for b in blobs]
-        finally:
-            state.batcher.expect(-len(blobs))  # no await until submit() queues them: they are never lost sight of
+        except BaseException:
+            state.batcher.expect(-len(blobs))  # not coming after all
+            raise
         decoded = time.perf_counter()
         metrics.queue_depth.set(state.batcher.depth)
-        predictions, backend_s = await state.batcher.submit(images)
+        predictions, backend_s = await state.batcher.submit(images, announced=True)  # withdraws the expect()
         metrics.queue_depth.set(state.batcher.depth)
         done = time.perf_counter()
         results = []

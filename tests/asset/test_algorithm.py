@@ -146,7 +146,7 @@ def test_fast_postprocess_matches_the_sigmoid_definition(pixel_threshold):
     logits = rng.normal(0, 4, (2, 1, 64, 64)).astype(np.float32)
     logits[0, 0, 0, 0] = 200.0  # saturated and extreme values stay finite
     logits[1, 0, 0, 0] = -200.0
-    for lg, meta, p in zip(logits, metas, a.postprocess(logits, metas, keep_prob=True)):
+    for lg, p in zip(logits, a.postprocess(logits, metas, keep_prob=True)):
         reference = 1.0 / (1.0 + np.exp(-lg[0, :40, :50].astype(np.float64)))
         expected = reference >= pixel_threshold if 0 < pixel_threshold < 1 else np.full((40, 50), pixel_threshold == 0)
         np.testing.assert_array_equal(p.mask.astype(bool), expected)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import struct
+import threading
 import time
 import zlib
 
@@ -187,7 +188,9 @@ def test_batcher_groups_requests_and_bounds_its_queue():
     async def scenario():
         batcher = DynamicBatcher(predict, max_batch=8, max_wait_ms=30, queue_size=4)
         batcher.start()
-        results = await asyncio.gather(*(batcher.submit([np.full((2, 2), i, np.uint8)]) for i in range(4)))
+        batcher.expect(4)  # as the server's handlers do while they decode: the worker waits for all four
+        results = await asyncio.gather(*(batcher.submit([np.full((2, 2), i, np.uint8)], announced=True)
+                                         for i in range(4)))
         assert [r[0] for r in results] == [[4 * i] for i in range(4)]
         assert calls == [4]  # four concurrent requests, one backend call
         # fill the queue while the worker is busy: the overflow is refused at once
@@ -218,12 +221,47 @@ def test_batcher_waits_only_for_announced_company():
 
         async def late():
             await asyncio.sleep(0.05)
-            batcher.expect(-1)
-            return await batcher.submit([np.zeros((2, 2), np.uint8)])
+            return await batcher.submit([np.zeros((2, 2), np.uint8)], announced=True)
 
         await asyncio.gather(batcher.submit([np.zeros((2, 2), np.uint8)]), late())
         assert calls == [1, 2]
         await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_batcher_one_backend_thread_errors_and_shutdown():
+    threads: set[int] = set()
+    gate = threading.Event()
+
+    def predict(images):
+        threads.add(threading.get_ident())
+        gate.wait(5)
+        if images[0][0, 0] == 9:
+            raise RuntimeError("engine failed")
+        return [int(i[0, 0]) for i in images]
+
+    async def scenario():
+        batcher = DynamicBatcher(predict, max_batch=1, max_wait_ms=0, queue_size=8)
+        batcher.start()
+        warm_thread = await batcher.run_blocking(threading.get_ident)
+        gate.set()
+        with pytest.raises(RuntimeError, match="engine failed"):  # a failing batch fails its requests only
+            await batcher.submit([np.full((1, 1), 9, np.uint8)])
+        assert (await batcher.submit([np.full((1, 1), 3, np.uint8)]))[0] == [3]
+        assert threads == {warm_thread}  # warm-up and every batch on the one backend thread
+        gate.clear()
+        in_flight = asyncio.ensure_future(batcher.submit([np.full((1, 1), 1, np.uint8)]))
+        waiting = asyncio.ensure_future(batcher.submit([np.full((1, 1), 2, np.uint8)]))
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 1
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0.05)
+        gate.set()
+        await stopping
+        assert (await in_flight)[0] == [1]  # the batch in flight finishes
+        with pytest.raises(QueueFull, match="shutting down"):  # what still waited is refused, not lost
+            await waiting
 
     asyncio.run(scenario())
 
