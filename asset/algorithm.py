@@ -332,6 +332,20 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def load_image(path) -> np.ndarray:
+    """An image file -> HxW or HxWx3 uint8 (as pil_to_array)."""
+    with Image.open(path) as img:
+        img.load()
+        return pil_to_array(img)
+
+
+def load_mask(rle: dict) -> np.ndarray:
+    """A dataset's COCO RLE mask -> HxW uint8 0/1."""
+    from datatools.masks import decode_mask
+
+    return decode_mask(rle)
+
+
 def calibrate_image_threshold(scores, labels) -> tuple[float, float]:
     """The image threshold (on the defect fraction) with the best accuracy on (scores, labels).
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asset.algorithm import Algorithm, Prediction, pil_to_array
+from asset.algorithm import Algorithm, Prediction, load_image, load_mask  # noqa: F401 (re-exported as D.load_image)
 from asset.modeldir import ModelDirError
 
 
@@ -62,20 +62,6 @@ def first_split(card: dict, data=None, prefer: tuple[str, ...] = ("val", "test",
         if items:
             return split, items
     raise ModelDirError(f"the dataset has no images in {', '.join(prefer)}")
-
-
-def load_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        return pil_to_array(img)
-
-
-def load_mask(rle: dict) -> np.ndarray:
-    from datatools.masks import decode_mask
-
-    return decode_mask(rle)
 
 
 def batches(algorithm: Algorithm, images: list[np.ndarray], batch_size: int):

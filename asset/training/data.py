@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from asset.algorithm import Algorithm, Meta, pil_to_array
+from asset.algorithm import Algorithm, Meta, load_image, load_mask
 
 # Decode a whole split into memory when it holds fewer pixels than this (then workers are not needed).
 CACHE_PIXELS = 512 * 1024 * 1024
@@ -79,20 +79,6 @@ def dataset_shape(doc: dict) -> tuple[int, int] | None:
 
 def max_shape(doc: dict) -> tuple[int, int]:
     return max(int(s["height"]) for s in doc["samples"]), max(int(s["width"]) for s in doc["samples"])
-
-
-def load_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        return pil_to_array(img)
-
-
-def load_mask(rle: dict) -> np.ndarray:
-    from datatools.masks import decode_mask
-
-    return decode_mask(rle)
 
 
 def default_workers(cached: bool) -> int:

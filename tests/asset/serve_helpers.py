@@ -40,6 +40,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(url: str, timeout: float, alive=lambda: True) -> bool:
+    """Poll GET /readyz until 200 (True), the deadline, or alive() turning False (False)."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and alive():
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 class LoopbackServer:
     """An app under a real uvicorn on 127.0.0.1 (a thread of this process); `with` waits until /readyz is 200.
 
@@ -57,20 +74,11 @@ class LoopbackServer:
 
     def __enter__(self) -> str:
         import threading
-        import time
-
-        import httpx
 
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="uvicorn-test")
         self.thread.start()
-        deadline = time.time() + self.ready_timeout
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self.url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if wait_until_ready(self.url, self.ready_timeout):
+            return self.url
         self.__exit__()
         raise RuntimeError(f"server at {self.url} did not become ready in {self.ready_timeout} s")
 

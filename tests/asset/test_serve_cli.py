@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.asset.serve_helpers import exported_copy, free_port, split_images
+from tests.asset.serve_helpers import exported_copy, free_port, split_images, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[2]
 # Runs `asset serve` with torch, Lightning and SMP unimportable: any import of them raises ImportError.
@@ -42,15 +41,7 @@ def server(trained_model, tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-c", NO_TORCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
+    if not wait_until_ready(url, 60, alive=lambda: proc.poll() is None):
         proc.kill()
         pytest.fail(f"`asset serve` did not become ready:\n{log.read_text()}")
     yield url, proc, log
