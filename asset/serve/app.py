@@ -99,9 +99,9 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
             batcher = DynamicBatcher(pred.predict, settings.max_batch, settings.max_wait_ms, settings.queue_size,
                                      observe_batch=metrics.batch_size.observe)
             batcher.start()
+            app.state.predictor, app.state.batcher = pred, batcher  # from here on, shutdown stops and closes them
             if settings.warmup:
                 await batcher.run_blocking(_warm, pred, settings.max_batch)
-            app.state.predictor, app.state.batcher = pred, batcher
             app.state.model_ref = model_ref(pred, settings)
             metrics.model_load.set(time.perf_counter() - start)
             app.state.ready = True
