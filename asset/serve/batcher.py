@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +29,6 @@ class QueueFull(Exception):
 class Job:
     images: list[np.ndarray]
     future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
