@@ -7,10 +7,10 @@ extra tasks and memory streams, which cost about as much as the rest of the HTTP
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from urllib.parse import parse_qs
 
+from asset.serve.limits import send_json_error
 from asset.serve.metrics import ServerMetrics
 
 OPEN_ROUTES = {"/healthz", "/readyz"}
@@ -34,12 +34,6 @@ class AccessMiddleware:
             return values[0].encode() if values else None
         return None
 
-    async def _refuse(self, send) -> None:
-        body = json.dumps({"error": "unauthorized", "detail": "missing or wrong X-API-Key header"}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -49,7 +43,7 @@ class AccessMiddleware:
             given = self._key_given(scope)
             if not given or not hmac.compare_digest(given, self.api_key):
                 self.metrics.requests.labels(path if path in self.route_paths else "unmatched", "401").inc()
-                return await self._refuse(send)
+                return await send_json_error(send, 401, "unauthorized", "missing or wrong X-API-Key header")
         status = 500  # what an exception escaping the app becomes
 
         async def recording_send(message):

@@ -10,18 +10,25 @@ class BodyTooLarge(Exception):
     pass
 
 
+async def send_json_error(send, status: int, error: str, detail: str, close: bool = False) -> None:
+    """Answer with the server's JSON error body ({"error", "detail"}) from plain ASGI middleware, where no
+    FastAPI exception handler is reached."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimitMiddleware:
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def _refuse(self, send) -> None:
-        body = json.dumps({"error": "too_large",
-                           "detail": f"request body over the limit of {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 413, "too_large", f"request body over the limit of {self.max_bytes} bytes",
+                              close=True)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
