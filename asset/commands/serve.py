@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu (default) or cuda[:N]")
     p.add_argument("--threads", type=int, help="backend intra-op threads (default: usable cores)")
     p.add_argument("--api-key", help="require this X-API-Key on every route but the health probes (env ASSET_API_KEY)")
-    p.add_argument("--max-batch", type=int, help="largest dynamic batch (default 8)")
+    p.add_argument("--max-batch", type=int, help="largest dynamic batch (default 4 on CPU, 8 on a GPU)")
     p.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 5 ms)")
     p.add_argument("--queue-size", type=int, help="requests waiting at most before 503 + Retry-After (default 64)")
     p.add_argument("--max-body-mb", type=float, help="largest request body (default 20 MB)")

@@ -18,7 +18,7 @@ class Settings:
     device: str = "cpu"
     threads: int | None = None
     api_key: str | None = None
-    max_batch: int = 8             # largest batch the dynamic batcher forms (Triton: max_batch_size)
+    max_batch: int | None = None   # largest batch the dynamic batcher forms (Triton: max_batch_size); default below
     max_wait_ms: float = 5.0       # how long the first request of a batch waits for company (Triton: max_queue_delay)
     queue_size: int = 64           # requests waiting at most; beyond it: 503 + Retry-After
     max_body_mb: float = 20.0      # request bodies above this: 413, refused before they are read whole
@@ -32,6 +32,11 @@ class Settings:
         "max_wait_ms": "ASSET_MAX_WAIT_MS", "queue_size": "ASSET_QUEUE_SIZE", "max_body_mb": "ASSET_MAX_BODY_MB",
         "max_pixels": "ASSET_MAX_PIXELS", "max_batch_images": "ASSET_MAX_BATCH_IMAGES",
     }
+
+    def __post_init__(self) -> None:
+        if self.max_batch is None:  # measured (README, make bench): past batch 2-4 a CPU engine gets slower per image
+            on_gpu = self.backend == "tensorrt" or not str(self.device).startswith("cpu")
+            self.max_batch = 8 if on_gpu else 4
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:

@@ -284,6 +284,9 @@ def test_settings_from_environment():
     env = {"ASSET_MODEL": "m", "ASSET_MAX_BATCH": "4", "ASSET_API_KEY": "k", "ASSET_MAX_WAIT_MS": "2.5"}
     s = Settings.from_env(env, backend="openvino")
     assert (s.model, s.max_batch, s.api_key, s.max_wait_ms, s.backend) == ("m", 4, "k", 2.5, "openvino")
+    # unset: 4 on CPU (larger batches are slower per image on a CPU engine), 8 on a GPU
+    assert Settings(model="m").max_batch == 4 and Settings(model="m", max_batch=16).max_batch == 16
+    assert Settings(model="m", device="cuda:0").max_batch == 8 and Settings(model="m", backend="tensorrt").max_batch == 8
     with pytest.raises(SettingsError, match="ASSET_MAX_BATCH"):
         Settings.from_env({"ASSET_MODEL": "m", "ASSET_MAX_BATCH": "lots"})
     with pytest.raises(SettingsError, match="no model"):
