@@ -134,7 +134,10 @@ def test_bad_input_then_still_serving(served_model, images):
         assert answer.status_code == 200 and "defective" in answer.json()
 
 
-def test_health_model_metrics(client):
+def test_health_model_metrics(client, images):
+    assert client.post("/predict", content=images[0][2], headers={"content-type": "image/png"}).status_code == 200
+    missing = client.get("/no/such/route-123")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     card = client.get("/model").json()
@@ -144,6 +147,7 @@ def test_health_model_metrics(client):
                  "asset_model_load_seconds"):
         assert name in text
     assert 'route="/predict",status="200"' in text
+    assert 'route="unmatched",status="404"' in text and "route-123" not in text  # no label per client path
     schema = client.get("/openapi.json").json()
     assert {"/predict", "/predict/batch", "/healthz", "/readyz", "/model", "/metrics"} <= set(schema["paths"])
     assert "image/png" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
@@ -174,7 +178,12 @@ def test_api_key(served_model, images):
         ok = client.post("/predict", content=data, headers={"content-type": "image/png", "X-API-Key": "s3cret"})
         assert ok.status_code == 200
         assert client.get("/", params={"api_key": "s3cret"}).status_code == 200
-        assert client.get("/model", headers={"X-API-Key": "wrong"}).status_code == 401
+        refused = client.get("/model", headers={"X-API-Key": "wrong"})
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert client.get("/anything-else").status_code == 401
+        text = client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert 'route="/model",status="401"' in text and 'route="unmatched",status="401"' in text
+        assert "anything-else" not in text
 
 
 def test_batcher_groups_requests_and_bounds_its_queue():
