@@ -275,6 +275,33 @@ def test_batcher_one_backend_thread_errors_and_shutdown():
     asyncio.run(scenario())
 
 
+def test_batcher_survives_requests_cancelled_while_waiting_or_running():
+    """A client that goes away cancels its handler: its job is skipped or its answer dropped, nothing else."""
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def predict(images):
+        calls.append(len(images))
+        gate.wait(5)
+        return [int(i[0, 0]) for i in images]
+
+    async def scenario():
+        batcher = DynamicBatcher(predict, max_batch=1, max_wait_ms=0, queue_size=8)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit([np.full((1, 1), 1, np.uint8)]))
+        waiting = asyncio.ensure_future(batcher.submit([np.full((1, 1), 2, np.uint8)]))
+        await asyncio.sleep(0.05)
+        running.cancel()
+        waiting.cancel()
+        await asyncio.sleep(0.01)
+        gate.set()
+        assert (await batcher.submit([np.full((1, 1), 3, np.uint8)]))[0] == [3]
+        assert calls == [1, 1]  # the cancelled waiting job never reached the backend
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_queue_full_is_503_with_retry_after(served_model, images):
     _, _, data = images[0]
     with TestClient(create_app(Settings(model=str(served_model), threads=1))) as client:
