@@ -195,7 +195,7 @@ def test_batcher_groups_requests_and_bounds_its_queue():
         return [int(i.sum()) for i in images]
 
     async def scenario():
-        batcher = DynamicBatcher(predict, max_batch=8, max_wait_ms=30, queue_size=4)
+        batcher = DynamicBatcher(predict, max_batch=8, max_wait_ms=1000, queue_size=4)
         batcher.start()
         batcher.expect(4)  # as the server's handlers do while they decode: the worker waits for all four
         results = await asyncio.gather(*(batcher.submit([np.full((2, 2), i, np.uint8)], announced=True)
@@ -239,6 +239,14 @@ def test_batcher_waits_only_for_announced_company():
     asyncio.run(scenario())
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    """Poll `condition` (threads are involved: a fixed sleep would be flaky on a busy 2-core machine)."""
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        assert time.perf_counter() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
 def test_batcher_one_backend_thread_errors_and_shutdown():
     threads: set[int] = set()
     gate = threading.Event()
@@ -262,10 +270,9 @@ def test_batcher_one_backend_thread_errors_and_shutdown():
         gate.clear()
         in_flight = asyncio.ensure_future(batcher.submit([np.full((1, 1), 1, np.uint8)]))
         waiting = asyncio.ensure_future(batcher.submit([np.full((1, 1), 2, np.uint8)]))
-        await asyncio.sleep(0.05)
-        assert batcher.depth == 1
+        await until(lambda: batcher.depth == 1)  # one taken by the worker (blocked in predict), one waiting
         stopping = asyncio.ensure_future(batcher.stop())
-        await asyncio.sleep(0.05)
+        await until(batcher.stopping.is_set)
         gate.set()
         await stopping
         assert (await in_flight)[0] == [1]  # the batch in flight finishes
@@ -290,10 +297,9 @@ def test_batcher_survives_requests_cancelled_while_waiting_or_running():
         batcher.start()
         running = asyncio.ensure_future(batcher.submit([np.full((1, 1), 1, np.uint8)]))
         waiting = asyncio.ensure_future(batcher.submit([np.full((1, 1), 2, np.uint8)]))
-        await asyncio.sleep(0.05)
+        await until(lambda: calls == [1] and batcher.depth == 1)  # one in the backend, one waiting
         running.cancel()
         waiting.cancel()
-        await asyncio.sleep(0.01)
         gate.set()
         assert (await batcher.submit([np.full((1, 1), 3, np.uint8)]))[0] == [3]
         assert calls == [1, 1]  # the cancelled waiting job never reached the backend
