@@ -102,14 +102,16 @@ class DynamicBatcher:
         return await call.future
 
     # ------------------------------------------------------------------ the worker thread
-    def _deliver(self, future: asyncio.Future, value=None, error: BaseException | None = None) -> None:
+    def _deliver(self, outcomes: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+        """Settle (future, value, error) triples on the event loop: one wake-up of the loop per batch."""
         def settle() -> None:
-            if future.done():  # the client went away: its handler was cancelled
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+            for future, value, error in outcomes:
+                if future.done():  # the client went away: its handler was cancelled
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
 
         self.loop.call_soon_threadsafe(settle)
 
@@ -153,9 +155,9 @@ class DynamicBatcher:
         while calls:
             call = calls.pop(0)
             try:
-                self._deliver(call.future, call.fn(*call.args))
+                self._deliver([(call.future, call.fn(*call.args), None)])
             except Exception as exc:
-                self._deliver(call.future, error=exc)
+                self._deliver([(call.future, None, exc)])
 
     def _work(self) -> None:
         backlog: deque[Job] = deque()
@@ -172,14 +174,14 @@ class DynamicBatcher:
                 try:
                     predictions = self.predict(images)
                 except Exception as exc:  # the backend failed: every request of the batch gets the error
-                    for j in jobs:
-                        self._deliver(j.future, error=exc)
+                    self._deliver([(j.future, None, exc) for j in jobs])
                     continue
                 elapsed = time.perf_counter() - start
-                position = 0
+                outcomes, position = [], 0
                 for j in jobs:
-                    self._deliver(j.future, (predictions[position:position + len(j.images)], elapsed))
+                    outcomes.append((j.future, (predictions[position:position + len(j.images)], elapsed), None))
                     position += len(j.images)
+                self._deliver(outcomes)
         except _Stopping:
             pass
         while True:  # refuse what still waits
@@ -189,8 +191,7 @@ class DynamicBatcher:
                 break
             if item is not STOP:
                 (calls if isinstance(item, Call) else backlog).append(item)
-        for item in [*backlog, *calls]:
-            self._deliver(item.future, error=QueueFull("server is shutting down"))
+        self._deliver([(item.future, None, QueueFull("server is shutting down")) for item in [*backlog, *calls]])
 
 
 class _Stopping(Exception):
