@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# CI clones the project with `shared/` beside it: ../shared/fixtures/real holds real samples.
-REAL_FIXTURES = REPO.parent / "shared" / "fixtures" / "real"
+# Small real samples of the public datasets, with their sources and licences (tests/fixtures/real/README.md).
+REAL_FIXTURES = REPO / "tests" / "fixtures" / "real"
 
 
 @pytest.fixture(scope="session")
@@ -19,5 +19,5 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def real_fixtures() -> Path:
     if not REAL_FIXTURES.is_dir():
-        pytest.fail(f"real fixtures not found at {REAL_FIXTURES}: the shared/ folder must sit beside the repository")
+        pytest.fail(f"real fixtures not found at {REAL_FIXTURES}")
     return REAL_FIXTURES

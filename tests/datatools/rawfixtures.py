@@ -1,7 +1,7 @@
 """Builders that write each dataset's raw layout, quirks included, with small generated images.
 
 Each builder returns what it wrote (ids, which are defective) so tests can check counts. Layouts
-follow shared/datasets.md exactly: DAGM full (CRLF Labels.txt, trailing tab on OK rows,
+follow the real releases exactly: DAGM full (CRLF Labels.txt, trailing tab on OK rows,
 Thumbs.db strays), DAGM development release (ClassN + ClassN_def, ellipse labels.txt with both
 separators), KolektorSDD (kosNN with missing parts, palettised 8-bit BMP masks), KolektorSDD2
 (RGB PNGs of varying sizes, the `(copy)` duplicates).

@@ -20,7 +20,7 @@ from datatools.masks import decode_mask
 from datatools.records import Ellipse
 from tests.datatools import rawfixtures as rf
 
-# shared/datasets.md: defective rows per class, classes 1..10
+# The DAGM 2007 full release: defective rows per class, classes 1..10
 TRAIN_DEFECTIVE = [79, 66, 66, 82, 70, 83, 150, 150, 150, 150]
 TEST_DEFECTIVE = [71, 84, 84, 68, 80, 67, 150, 150, 150, 150]
 
