@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from datatools.imageio import (
 from datatools.masks import encode_mask
 from datatools.records import SPLITS, ParsedDataset, RawSample
 from datatools.splits import carve
-from datatools.store import LATEST, TMP_PREFIX, point_link
+from datatools.store import LATEST, new_staging_dir, point_link, remove_stale_staging
 
 
 def default_workers() -> int:
@@ -134,19 +133,6 @@ def content_version(document: dict) -> str:
     return hashlib.sha256(canonical).hexdigest()[:12]
 
 
-def _remove_stale_staging(name_dir: Path) -> None:
-    """Remove staging directories left by conversions that were killed (their pid is gone)."""
-    for entry in name_dir.glob(f"{TMP_PREFIX}*"):
-        parts = entry.name[len(TMP_PREFIX):].split("-")
-        if entry.is_dir() and parts and parts[0].isdigit():
-            try:
-                os.kill(int(parts[0]), 0)
-            except ProcessLookupError:
-                shutil.rmtree(entry, ignore_errors=True)
-            except PermissionError:
-                pass
-
-
 def _prepare_name_dir(out: Path, name: str) -> Path:
     name_dir = Path(out) / name
     try:
@@ -155,7 +141,7 @@ def _prepare_name_dir(out: Path, name: str) -> Path:
         raise DatasetError(f"{out}: output root cannot be created ({exc.strerror or exc})") from None
     if not os.access(name_dir, os.W_OK | os.X_OK):
         raise DatasetError(f"{name_dir}: output directory is not writable")
-    _remove_stale_staging(name_dir)
+    remove_stale_staging(name_dir)
     return name_dir
 
 
@@ -171,15 +157,15 @@ def write_dataset(
 ) -> Path:
     """Convert `parsed` into OUT/NAME/VERSION and return that directory.
 
-    Nothing is left behind on failure: the version is staged in OUT/NAME/.tmp-PID-... and renamed
-    into place only when complete. Converting the same input twice gives the same version.
+    Nothing is left behind on failure: the version is staged in OUT/NAME/.tmp-PID-..., locked
+    while this run lives, and renamed into place only when complete; a killed run's folder is
+    removed by the next conversion. Converting the same input twice gives the same version.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise DatasetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     _check_samples(parsed, raw)
     name_dir = _prepare_name_dir(out, parsed.name)
-    staging = name_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging, lock_fd = new_staging_dir(name_dir)
     try:
         workers = workers or default_workers()
         jobs = [(s, str(staging)) for s in parsed.samples]
@@ -189,7 +175,8 @@ def write_dataset(
         )
         if workers > 1 and len(jobs) > 1:
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers) as pool:
+            # Workers close their inherited copy of the lock: only this process's life keeps it.
+            with ctx.Pool(workers, initializer=os.close, initargs=(lock_fd,)) as pool:
                 records = []
                 for record in pool.imap(process_sample, jobs, chunksize=16):
                     records.append(record)
@@ -232,3 +219,5 @@ def write_dataset(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock_fd)

@@ -6,9 +6,12 @@ dataset directory like any other for every consumer.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,58 @@ def point_link(link: Path, target: str) -> None:
         tmp.unlink()
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def new_staging_dir(name_dir: Path) -> tuple[Path, int]:
+    """Create NAME/.tmp-PID-XXXXXXXX and hold an exclusive flock on it; return it and the lock's fd.
+
+    The lock, not the PID in the name, is what marks the folder as live: the kernel drops it when
+    the process dies however it dies, and a PID says nothing in a container where every run is
+    PID 1. Keep the fd open until the folder is renamed into place or removed, then close it.
+    """
+    while True:
+        staging = Path(name_dir) / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            fd = os.open(staging, _DIR_FLAGS)
+        except FileNotFoundError:  # a concurrent cleaner saw it unlocked and removed it: try again
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(staging, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return staging, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed between mkdir and flock: try again under a new name
+
+
+def remove_stale_staging(name_dir: Path) -> list[Path]:
+    """Remove NAME/.tmp-* folders whose lock nobody holds (left by a killed run); return them.
+
+    A folder whose lock is held belongs to a live conversion and is left alone. Where the file
+    system has no flock (some network mounts) nothing is removed.
+    """
+    removed = []
+    for entry in Path(name_dir).glob(f"{TMP_PREFIX}*"):
+        if entry.is_symlink() or not entry.is_dir():
+            continue  # point_link's temporary links are symlinks
+        try:
+            fd = os.open(entry, _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(entry, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        except OSError:  # held by a live run (EWOULDBLOCK), renamed meanwhile, or no flock here
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def resolve_version_dir(path: Path) -> Path:
