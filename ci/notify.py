@@ -1,7 +1,23 @@
-"""E-mail the maintainers when the image pipeline fails (SMTP settings from the environment).
+"""E-mail the maintainers that a pipeline job failed: which job, commit, branch, run link and log tail.
 
-    SMTP_HOST, SMTP_PORT (587), SMTP_USER, SMTP_PASSWORD, NOTIFY_FROM, NOTIFY_TO (comma separated)
-    python ci/notify.py --subject "..." --body-file log.txt
+Standard library only (CI runners have a bare python3). Settings come from the environment:
+
+    SMTP_HOST       mail server (required)
+    SMTP_PORT       default 587 for starttls, 465 for tls, 25 for none
+    SMTP_SECURITY   starttls (default) | tls (implicit TLS) | none
+    SMTP_USER       log in as this user (optional; then SMTP_PASSWORD is required)
+    SMTP_PASSWORD
+    SMTP_CA_FILE    PEM bundle to trust instead of the system's (a relay with a private CA)
+    NOTIFY_FROM     sender address (required)
+    NOTIFY_TO       recipients, comma separated (required)
+
+    python3 ci/notify.py --job build-rpi4-arm64 --log out/ci/logs/build-rpi4-arm64.log
+    python3 ci/notify.py --job unit --log unit.log --commit abc123 --branch main --url https://ci/run/7 --dry-run
+
+Commit, branch and run link default to what GitHub Actions or GitLab CI put in the environment.
+Exit status: 0 sent (or printed with --dry-run), 2 a setting or argument is missing or wrong,
+3 the server could not be reached or refused the mail. The caller decides what that means for the
+pipeline: ci/pipeline.py keeps the pipeline's own status whatever this returns.
 """
 
 from __future__ import annotations
@@ -9,47 +25,202 @@ from __future__ import annotations
 import argparse
 import os
 import smtplib
+import socket
 import ssl
 import sys
+from collections import deque
+from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
+
+DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+EXIT_CONFIG = 2
+EXIT_DELIVERY = 3
 
 
-def build_message(subject: str, body: str, sender: str, recipients: list[str]) -> EmailMessage:
+class NotifyError(Exception):
+    """A problem the user can fix, with the exit status it maps to."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    security: str
+    user: str | None
+    password: str | None
+    ca_file: str | None
+    sender: str
+    recipients: list[str]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed job and the log that shows why."""
+
+    job: str
+    log: Path | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    commit: str
+    branch: str
+    url: str
+
+
+def settings_from_env(env: dict[str, str] | os._Environ = os.environ) -> Settings:
+    """Read and check every setting at once, so one message lists all that is missing."""
+    missing = [name for name in ("SMTP_HOST", "NOTIFY_FROM", "NOTIFY_TO") if not env.get(name, "").strip()]
+    user = env.get("SMTP_USER", "").strip() or None
+    if user and not env.get("SMTP_PASSWORD"):
+        missing.append("SMTP_PASSWORD (SMTP_USER is set)")
+    if missing:
+        raise NotifyError(f"missing mail setting(s): {', '.join(missing)} (see ci/notify.py --help)", EXIT_CONFIG)
+    security = env.get("SMTP_SECURITY", "starttls").strip().lower()
+    if security not in DEFAULT_PORTS:
+        raise NotifyError(f"SMTP_SECURITY={security!r}: use one of {', '.join(DEFAULT_PORTS)}", EXIT_CONFIG)
+    port_text = env.get("SMTP_PORT", "").strip() or str(DEFAULT_PORTS[security])
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise NotifyError(f"SMTP_PORT={port_text!r} is not a port number", EXIT_CONFIG)
+    ca_file = env.get("SMTP_CA_FILE", "").strip() or None
+    if ca_file and not Path(ca_file).is_file():
+        raise NotifyError(f"SMTP_CA_FILE={ca_file}: no such file", EXIT_CONFIG)
+    recipients = [r.strip() for r in env["NOTIFY_TO"].split(",") if r.strip()]
+    if not recipients:
+        raise NotifyError("NOTIFY_TO holds no address", EXIT_CONFIG)
+    return Settings(env["SMTP_HOST"].strip(), int(port_text), security, user, env.get("SMTP_PASSWORD"),
+                    ca_file, env["NOTIFY_FROM"].strip(), recipients)
+
+
+def run_info_from_env(env: dict[str, str] | os._Environ = os.environ) -> RunInfo:
+    """Commit, branch and run link as GitHub Actions or GitLab CI set them; 'unknown' elsewhere."""
+    if env.get("GITHUB_RUN_ID"):
+        url = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env.get('GITHUB_REPOSITORY', '')}" \
+              f"/actions/runs/{env['GITHUB_RUN_ID']}"
+        return RunInfo(env.get("GITHUB_SHA", "unknown"), env.get("GITHUB_REF_NAME", "unknown"), url)
+    if env.get("CI_PIPELINE_URL"):
+        return RunInfo(env.get("CI_COMMIT_SHA", "unknown"), env.get("CI_COMMIT_REF_NAME", "unknown"),
+                       env["CI_PIPELINE_URL"])
+    return RunInfo(env.get("PIPELINE_COMMIT", "unknown"), env.get("PIPELINE_BRANCH", "unknown"),
+                   env.get("PIPELINE_URL", "(run locally, no link)"))
+
+
+def log_tail(path: Path | None, lines: int) -> str:
+    """The last lines of a log, or a note saying why there is none (a missing log must not stop the mail)."""
+    if path is None:
+        return "(no log was recorded)"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines)).rstrip("\n") or "(the log is empty)"
+    except OSError as error:
+        return f"(log {path} could not be read: {error.strerror})"
+
+
+def build_message(failures: list[Failure], run: RunInfo, settings: Settings, lines: int,
+                  project: str = "defect-detection") -> EmailMessage:
+    jobs = ", ".join(f.job for f in failures)
     message = EmailMessage()
-    message["Subject"] = subject
-    message["From"] = sender
-    message["To"] = ", ".join(recipients)
-    message.set_content(body)
+    message["Subject"] = f"[{project}] pipeline failed: {jobs} on {run.branch} ({run.commit[:12]})"
+    message["From"] = settings.sender
+    message["To"] = ", ".join(settings.recipients)
+    parts = [
+        f"The {project} pipeline failed.",
+        "",
+        f"Failed job(s): {jobs}",
+        f"Commit: {run.commit}",
+        f"Branch: {run.branch}",
+        f"Run: {run.url}",
+    ]
+    for failure in failures:
+        parts += ["", f"== {failure.job}: last {lines} lines of {failure.log or 'its log'} ==",
+                  log_tail(failure.log, lines)]
+    message.set_content("\n".join(parts) + "\n")
     return message
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=settings.ca_file)
+
+
+def send(message: EmailMessage, settings: Settings, timeout: float = 30.0) -> None:
+    """Deliver over SMTP; every failure becomes a NotifyError that says what to check."""
+    where = f"{settings.host}:{settings.port}"
+    try:
+        if settings.security == "tls":
+            client = smtplib.SMTP_SSL(settings.host, settings.port, timeout=timeout, context=_tls_context(settings))
+        else:
+            client = smtplib.SMTP(settings.host, settings.port, timeout=timeout)
+        with client:
+            if settings.security == "starttls":
+                client.starttls(context=_tls_context(settings))
+            if settings.user:
+                client.login(settings.user, settings.password or "")
+            client.send_message(message)
+    except smtplib.SMTPAuthenticationError as error:
+        raise NotifyError(f"the SMTP server {where} refused the login of {settings.user!r}: "
+                          f"{error.smtp_code} {_text(error.smtp_error)}", EXIT_DELIVERY) from error
+    except smtplib.SMTPNotSupportedError as error:
+        raise NotifyError(f"the SMTP server {where} does not support this: {error} "
+                          f"(check SMTP_SECURITY={settings.security} and SMTP_USER)", EXIT_DELIVERY) from error
+    except smtplib.SMTPRecipientsRefused as error:
+        refused = ", ".join(f"{r} ({code} {_text(text)})" for r, (code, text) in error.recipients.items())
+        raise NotifyError(f"the SMTP server {where} refused the recipient(s): {refused}", EXIT_DELIVERY) from error
+    except smtplib.SMTPResponseException as error:
+        raise NotifyError(f"the SMTP server {where} answered {error.smtp_code} {_text(error.smtp_error)}",
+                          EXIT_DELIVERY) from error
+    except ssl.SSLError as error:
+        raise NotifyError(f"TLS with {where} failed: {error.reason or error} "
+                          "(a private CA? set SMTP_CA_FILE; implicit TLS or STARTTLS? check SMTP_SECURITY)",
+                          EXIT_DELIVERY) from error
+    except (smtplib.SMTPException, OSError) as error:  # refused, unreachable, timeout, DNS, dropped connection
+        reason = "timed out" if isinstance(error, socket.timeout) else (error.strerror or str(error) or type(error).__name__)
+        raise NotifyError(f"cannot reach the SMTP server {where}: {reason}", EXIT_DELIVERY) from error
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def notify(failures: list[Failure], run: RunInfo, lines: int = 50, dry_run: bool = False,
+           env: dict[str, str] | os._Environ = os.environ) -> int:
+    """Compose and send one mail for these failures; print a one-line outcome. Returns the exit status."""
+    try:
+        settings = settings_from_env(env)
+        message = build_message(failures, run, settings, lines)
+        if dry_run:
+            print(message)
+            return 0
+        send(message, settings)
+    except NotifyError as error:
+        print(f"notify: error: {error}", file=sys.stderr)
+        return error.status
+    print(f"notify: mail sent to {', '.join(settings.recipients)} via {settings.host}:{settings.port}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subject", required=True)
-    parser.add_argument("--body-file", help="file whose text is the mail body (default: stdin)")
+    parser.add_argument("--job", action="append", required=True, help="the failed job's name (repeatable)")
+    parser.add_argument("--log", action="append", default=[], help="its log file (repeatable, in --job order)")
+    parser.add_argument("--lines", type=int, default=50, help="how many last log lines to include (default 50)")
+    parser.add_argument("--commit")
+    parser.add_argument("--branch")
+    parser.add_argument("--url", help="link to the run")
     parser.add_argument("--dry-run", action="store_true", help="print the message instead of sending it")
     args = parser.parse_args(argv)
-    body = open(args.body_file, encoding="utf-8").read() if args.body_file else sys.stdin.read()
-    recipients = [r.strip() for r in os.environ.get("NOTIFY_TO", "").split(",") if r.strip()]
-    sender = os.environ.get("NOTIFY_FROM", "ci@localhost")
-    if not recipients:
-        print("error: NOTIFY_TO is empty: set it to the addresses to notify", file=sys.stderr)
-        return 2
-    message = build_message(args.subject, body[-20000:], sender, recipients)
-    if args.dry_run:
-        print(message)
-        return 0
-    host = os.environ.get("SMTP_HOST")
-    if not host:
-        print("error: SMTP_HOST is not set", file=sys.stderr)
-        return 2
-    with smtplib.SMTP(host, int(os.environ.get("SMTP_PORT", "587")), timeout=30) as smtp:
-        smtp.starttls(context=ssl.create_default_context())
-        if os.environ.get("SMTP_USER"):
-            smtp.login(os.environ["SMTP_USER"], os.environ.get("SMTP_PASSWORD", ""))
-        smtp.send_message(message)
-    print(f"sent to {', '.join(recipients)}")
-    return 0
+    if len(args.log) > len(args.job):
+        parser.error("more --log than --job")
+    if args.lines < 1:
+        parser.error("--lines must be at least 1")
+    logs = [Path(p) for p in args.log] + [None] * (len(args.job) - len(args.log))
+    detected = run_info_from_env()
+    run = RunInfo(args.commit or detected.commit, args.branch or detected.branch, args.url or detected.url)
+    return notify([Failure(job, log) for job, log in zip(args.job, logs)], run, args.lines, args.dry_run)
 
 
 if __name__ == "__main__":

@@ -68,20 +68,5 @@ def test_bake_has_a_target_per_platform():
         assert '"linux/arm64"' in block
 
 
-def test_notify_builds_a_mail(monkeypatch, capsys):
-    sys.path.insert(0, str(REPO / "ci"))
-    try:
-        import notify
-    finally:
-        sys.path.pop(0)
-    body = REPO / "README.md"
-    monkeypatch.setenv("NOTIFY_TO", "a@example.org, b@example.org")
-    assert notify.main(["--subject", "failed", "--body-file", str(body), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "Subject: failed" in out and "To: a@example.org, b@example.org" in out
-    monkeypatch.setenv("NOTIFY_TO", "")
-    assert notify.main(["--subject", "x", "--body-file", str(body)]) == 2
-
-
 def test_ci_entry_runs_make_test():
     assert "make test" in (REPO / ".ci/run").read_text()
