@@ -162,6 +162,11 @@ class Algorithm:
         t = self.pixel_threshold
         self._logit_threshold = -np.inf if t <= 0.0 else np.inf if t >= 1.0 else float(np.log(t / (1.0 - t)))
 
+    @property
+    def logit_threshold(self) -> float:
+        """The pixel threshold on the logits: logit >= this  <=>  probability >= pixel_threshold."""
+        return self._logit_threshold
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_card(cls, card: dict) -> Algorithm:

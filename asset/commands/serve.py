@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
+
+log = logging.getLogger("asset.serve")
 
 
 def register(sub) -> None:
@@ -14,7 +18,13 @@ def register(sub) -> None:
         epilog="Routes: POST /predict, POST /predict/batch, GET /healthz, GET /readyz, GET /model, GET /metrics, "
         "GET / (a page to try images), GET /docs (OpenAPI).\n\nEnvironment: ASSET_MODEL, ASSET_BACKEND, "
         "ASSET_PRECISION, ASSET_DEVICE, ASSET_THREADS, ASSET_API_KEY, ASSET_MAX_BATCH, ASSET_MAX_WAIT_MS, "
-        "ASSET_QUEUE_SIZE, ASSET_MAX_BODY_MB, ASSET_MAX_PIXELS, ASSET_MAX_BATCH_IMAGES, ASSET_HOST, ASSET_PORT.\n\n"
+        "ASSET_QUEUE_SIZE, ASSET_MAX_BODY_MB, ASSET_MAX_PIXELS, ASSET_MAX_BATCH_IMAGES, ASSET_MAX_BATCH_PIXELS, "
+        "ASSET_MAX_INFLIGHT_PIXELS, ASSET_MAX_INPUT_FACTOR, ASSET_HOST, ASSET_PORT.\n\n"
+        "Cost of one image: the network never sees more than MAX_INPUT_FACTOR x the training input size (model.json "
+        "input.train_size) of one image; larger images run as tiles of the training size, shrunk first if more than "
+        "MAX_INPUT_FACTOR tiles would be needed. The mask is always returned at the upload's size.\n\n"
+        "Without an API key on an address beyond loopback, any web page a browser on the network opens can POST "
+        "images to the server (a multipart POST needs no CORS preflight): set --api-key there.\n\n"
         "Example:\n  asset serve --model models/demo --backend onnxruntime --host 127.0.0.1 --port 8000\n"
         "  curl -F image=@part.png http://127.0.0.1:8000/predict",
     )
@@ -29,9 +39,32 @@ def register(sub) -> None:
     p.add_argument("--queue-size", type=int, help="requests waiting at most before 503 + Retry-After (default 64)")
     p.add_argument("--max-body-mb", type=float, help="largest request body (default 20 MB)")
     p.add_argument("--max-pixels", type=int, help="largest image pixel count (default 40,000,000)")
+    p.add_argument("--max-batch-images", type=int, help="most images in one POST /predict/batch (default 32)")
+    p.add_argument("--max-batch-pixels", type=int,
+                   help="most pixels of all images of one request together, else 413 (default 40,000,000)")
+    p.add_argument("--max-inflight-pixels", type=int,
+                   help="most decoded pixels held by all requests at once, else 503 + Retry-After (default 80,000,000)")
+    p.add_argument("--max-input-factor", type=float,
+                   help="network pixels per image at most this x the training input size; larger images are tiled "
+                        "(default 16)")
     p.add_argument("--host", help="bind address (default 127.0.0.1; env ASSET_HOST)")
     p.add_argument("--port", type=int, help="port (default 8000; env ASSET_PORT)")
     p.set_defaults(func=run)
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The start-up warning for a server without an API key that other machines can reach, else None."""
+    if api_key:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (f"NO API KEY and listening on {host}, beyond loopback: anyone who can reach this address can use the "
+            "model, and any web page opened in a browser on the network can POST images to it (a multipart POST "
+            "needs no CORS preflight). Set --api-key / ASSET_API_KEY, or listen on 127.0.0.1 behind a proxy")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,15 +80,27 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.from_env(
             model=args.model, backend=args.backend, precision=args.precision, device=args.device,
             threads=args.threads, api_key=args.api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-            queue_size=args.queue_size, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels)
+            queue_size=args.queue_size, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
+            max_batch_images=args.max_batch_images, max_batch_pixels=args.max_batch_pixels,
+            max_inflight_pixels=args.max_inflight_pixels, max_input_factor=args.max_input_factor)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from asset import modeldir
+    from asset.tiling import train_size
 
-    modeldir.verify(settings.model)  # a missing or corrupt model directory fails here, before binding a port
+    card = modeldir.verify(settings.model)  # a missing or corrupt model directory fails here, before binding a port
+    train_size(card)  # so does a card that does not say what one image may cost
     host = args.host or os.environ.get("ASSET_HOST", "127.0.0.1")
     port = args.port or int(os.environ.get("ASSET_PORT", "8000"))
+    if not log.handlers:  # the server's own lines (errors with their ids, this warning) beside uvicorn's
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    warning = exposure_warning(host, settings.api_key)
+    if warning:
+        log.warning("*" * 20 + " " + warning + " " + "*" * 20)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
                 loop="auto", http="auto")  # uvloop + httptools when installed (they are pinned in the runtime)
     return 0

@@ -1,5 +1,9 @@
 """The API-key check and the per-request metrics, as plain ASGI middleware.
 
+The key is taken from the `X-API-Key` header only, never from the address (an address ends up in access logs,
+proxies and browser history). The page at / is open (it holds no data); it asks for the key, keeps it in the
+browser's localStorage and sends it as the header.
+
 Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware wraps every request in
 extra tasks and memory streams, which cost about as much as the rest of the HTTP path on a small CPU.
 """
@@ -8,12 +12,11 @@ from __future__ import annotations
 
 import hmac
 import time
-from urllib.parse import parse_qs
 
 from asset.serve.limits import send_json_error
 from asset.serve.metrics import ServerMetrics
 
-OPEN_ROUTES = {"/healthz", "/readyz"}
+OPEN_ROUTES = {"/healthz", "/readyz", "/"}
 
 
 class AccessMiddleware:
@@ -25,13 +28,11 @@ class AccessMiddleware:
         self.api_key = api_key.encode() if api_key else None
         self.route_paths = route_paths
 
-    def _key_given(self, scope) -> bytes | None:
+    @staticmethod
+    def _key_given(scope) -> bytes | None:
         for name, value in scope.get("headers", []):
             if name == b"x-api-key":
                 return value
-        if scope["path"] == "/":  # the page: a browser can only pass the key in the address
-            values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
-            return values[0].encode() if values else None
         return None
 
     async def __call__(self, scope, receive, send):

@@ -1,13 +1,21 @@
 """The FastAPI app factory. The model is loaded and warmed once, in the lifespan, in the background
 (so /healthz answers at once and /readyz says 503 until the model is ready); routes read it from
-app.state. Every answer, errors included, is JSON described by a Pydantic model."""
+app.state. Every answer, errors included, is JSON described by a Pydantic model.
+
+What a client sees of a failure is its kind and an error id; the details (exception text, file paths) go to
+the server log only, on a line carrying the same id, so an operator can find them and a client learns nothing
+about the machine. /model serves the card without the paths it records."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
+import logging
+import re
 import time
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,13 +31,15 @@ from starlette.datastructures import UploadFile
 import asset
 from asset.serve.access import AccessMiddleware
 from asset.serve.batcher import DynamicBatcher, QueueFull
-from asset.serve.imaging import RAW_TYPES, InputError, decode_upload
+from asset.serve.imaging import RAW_TYPES, InputError, decode_upload, header_pixels
 from asset.serve.limits import BodyLimitMiddleware, BodyTooLarge
 from asset.serve.metrics import ServerMetrics
 from asset.serve.schemas import Batching, BatchResponse, ErrorResponse, Health, ModelInfo, ModelRef, PredictionResponse, Timings
 from asset.serve.settings import Settings
 
 PAGE = Path(__file__).with_name("page.html")
+log = logging.getLogger("asset.serve")
+ABSOLUTE_PATH = re.compile(r"^(/|[A-Za-z]:[\\/]|\\\\)")
 IMAGE_BODY = {
     "required": True,
     "content": {
@@ -63,6 +73,29 @@ KINDS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method
          415: "unsupported_media_type", 422: "validation_error", 500: "internal_error", 503: "unavailable"}
 
 
+def error_id() -> str:
+    """A short random id that ties a client's error answer to the server's log line with the details."""
+    return uuid.uuid4().hex[:12]
+
+
+def public_card(card: dict) -> dict:
+    """The model card as /model serves it: the dataset path dropped, any other absolute path cut to its name
+    (where the model and its data live on this machine is no client's business)."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, str) and ABSOLUTE_PATH.match(value):
+            return re.split(r"[\\/]", value.rstrip("/\\"))[-1]
+        return value
+
+    out = copy.deepcopy(card)
+    if isinstance(out.get("dataset"), dict):
+        out["dataset"].pop("path", None)
+    return clean(out)
+
+
 def model_ref(predictor, settings: Settings) -> ModelRef:
     card = predictor.card
     sums = Path(predictor.model_dir) / "SHA256SUMS"
@@ -75,7 +108,8 @@ def _load_predictor(settings: Settings):
     from asset.predictor import Predictor
 
     return Predictor(settings.model, backend=settings.backend, batch_size=settings.max_batch,
-                     precision=settings.precision, device=settings.device, threads=settings.threads)
+                     max_input_factor=settings.max_input_factor, precision=settings.precision,
+                     device=settings.device, threads=settings.threads)
 
 
 def _warm(predictor, max_batch: int = 1) -> None:
@@ -105,12 +139,15 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
             app.state.model_ref = model_ref(pred, settings)
             metrics.model_load.set(time.perf_counter() - start)
             app.state.ready = True
-        except Exception as exc:  # the model could not load: keep serving health probes, say why on /readyz
-            app.state.load_error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # the model could not load: keep serving health probes; the why goes to the log
+            eid = error_id()
+            log.error("error %s: the model did not load: %s: %s", eid, type(exc).__name__, exc,
+                      exc_info=not isinstance(exc, (ValueError, OSError)))
+            app.state.load_error = f"the model failed to load (error id {eid}; the details are in the server log)"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.ready, app.state.load_error = False, None
+        app.state.ready, app.state.load_error, app.state.inflight_pixels = False, None, 0
         app.state.predictor = app.state.batcher = None
         loader = asyncio.create_task(load(app))
         yield
@@ -135,7 +172,8 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
 
     @app.exception_handler(InputError)
     async def on_input_error(request: Request, exc: InputError):
-        return error(exc.status, KINDS.get(exc.status, "bad_request"), str(exc))
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return error(exc.status, KINDS.get(exc.status, "bad_request"), str(exc), headers=headers)
 
     @app.exception_handler(BodyTooLarge)
     async def on_too_large(request: Request, exc: BodyTooLarge):
@@ -158,7 +196,9 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception):
-        return error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        eid = error_id()
+        log.error("error %s: %s %s failed", eid, request.method, request.url.path, exc_info=exc)
+        return error(500, "internal_error", f"internal error (error id {eid}; the details are in the server log)")
 
     def ready_or_503(request: Request):
         if not request.app.state.ready:
@@ -183,7 +223,28 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
                                   "or multipart/form-data with a field 'image'")
         return [await request.body()]
 
+    def reserve_pixels(state, blobs: list[bytes]) -> int:
+        """Refuse a request whose images hold too many pixels together (413), or that would take the pixels held by
+        all requests at once over their budget (503, retry later); else count its pixels in. Header reads only."""
+        pixels = sum(header_pixels(b) for b in blobs)
+        if pixels > settings.max_batch_pixels:
+            raise InputError(413, f"the images of this request hold {pixels} pixels together, over the limit of "
+                                  f"{settings.max_batch_pixels} (ASSET_MAX_BATCH_PIXELS): send fewer or smaller images")
+        if state.inflight_pixels + pixels > settings.max_inflight_pixels:
+            raise InputError(503, f"busy with large images ({state.inflight_pixels} pixels in flight, limit "
+                                  f"{settings.max_inflight_pixels}); retry shortly")
+        state.inflight_pixels += pixels
+        return pixels
+
     async def predict_many(request: Request, blobs: list[bytes], threshold: float | None, mask: str):
+        state = request.app.state
+        pixels = reserve_pixels(state, blobs)
+        try:
+            return await _predict_many(request, blobs, threshold, mask)
+        finally:
+            state.inflight_pixels -= pixels
+
+    async def _predict_many(request: Request, blobs: list[bytes], threshold: float | None, mask: str):
         t0 = time.perf_counter()
         state = request.app.state
         state.batcher.expect(len(blobs))  # the batcher waits (max_wait_ms at most) for images on their way
@@ -249,7 +310,7 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
              summary="The model card (model.json) and the batching settings")
     async def model_card(request: Request) -> ModelInfo:
         ready_or_503(request)
-        return ModelInfo(model=request.app.state.model_ref, card=request.app.state.predictor.card,
+        return ModelInfo(model=request.app.state.model_ref, card=public_card(request.app.state.predictor.card),
                          batching=Batching(max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                                            queue_size=settings.queue_size))
 

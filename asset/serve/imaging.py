@@ -34,6 +34,22 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image header (no pixel decoded); 0 when there is no readable header (decoding
+    then says what is wrong)."""
+    kind = sniff(data)
+    if kind is None:
+        return 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[kind]) as img:
+                width, height = img.size
+    except Exception:  # refused with its reason by decode_upload
+        return 0
+    return width * height
+
+
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     """bytes -> HxW or HxWx3 uint8; InputError(400/413/415) when they are not a usable image."""
     if not data:

@@ -24,6 +24,9 @@ class Settings:
     max_body_mb: float = 20.0      # request bodies above this: 413, refused before they are read whole
     max_pixels: int = 40_000_000   # images above this pixel count: 413, refused before decoding (decompression bombs)
     max_batch_images: int = 32     # images in one POST /predict/batch
+    max_batch_pixels: int = 40_000_000  # pixels of all the images of one request together: beyond it, 413
+    max_inflight_pixels: int = 80_000_000  # decoded pixels held by all requests at once: beyond it, 503 + Retry-After
+    max_input_factor: float = 16.0  # network pixels per image <= this x the training input size (asset/tiling.py)
     warmup: bool = True
 
     ENV = {
@@ -31,6 +34,8 @@ class Settings:
         "threads": "ASSET_THREADS", "api_key": "ASSET_API_KEY", "max_batch": "ASSET_MAX_BATCH",
         "max_wait_ms": "ASSET_MAX_WAIT_MS", "queue_size": "ASSET_QUEUE_SIZE", "max_body_mb": "ASSET_MAX_BODY_MB",
         "max_pixels": "ASSET_MAX_PIXELS", "max_batch_images": "ASSET_MAX_BATCH_IMAGES",
+        "max_batch_pixels": "ASSET_MAX_BATCH_PIXELS", "max_inflight_pixels": "ASSET_MAX_INFLIGHT_PIXELS",
+        "max_input_factor": "ASSET_MAX_INPUT_FACTOR",
     }
 
     def __post_init__(self) -> None:
@@ -65,9 +70,14 @@ class Settings:
     def check(self) -> None:
         if not self.model:
             raise SettingsError("no model: pass --model MODEL_DIR or set ASSET_MODEL")
-        for name, low in (("max_batch", 1), ("queue_size", 1), ("max_pixels", 1), ("max_batch_images", 1)):
-            if int(getattr(self, name)) < low:
+        for name, low in (("max_batch", 1), ("queue_size", 1), ("max_pixels", 1), ("max_batch_images", 1),
+                          ("max_batch_pixels", 1), ("max_inflight_pixels", 1), ("max_input_factor", 1)):
+            if getattr(self, name) < low:
                 raise SettingsError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        largest = max(self.max_pixels, self.max_batch_pixels)
+        if self.max_inflight_pixels < largest:
+            raise SettingsError(f"max_inflight_pixels ({self.max_inflight_pixels}) must be >= max_pixels and "
+                                f"max_batch_pixels ({largest}), or the largest allowed request could never run")
         if self.max_wait_ms < 0 or self.max_body_mb <= 0:
             raise SettingsError("max_wait_ms must be >= 0 and max_body_mb > 0")
         if self.threads is not None and self.threads < 1:

@@ -111,7 +111,8 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False) -> dict:
                           f"{shape[0]}x{shape[1]}: set data.size (e.g. --set data.size=[{max(min_size, shape[0])}, "
                           f"{max(min_size, shape[1])}]) or pick another architecture")
     dry_run(net, m["arch"], m["encoder"], channels, policy.network_shape(first.height, first.width))
-    return {"net": net, "algorithm": algorithm, "version_dir": version_dir, "doc": doc, "channels": channels}
+    return {"net": net, "algorithm": algorithm, "version_dir": version_dir, "doc": doc, "channels": channels,
+            "train_size": list(shape)}
 
 
 def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
@@ -215,6 +216,8 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
         "versions": library_versions(),
         "exports": {},
     }
+    # the network input size of training: the server bounds what one image may cost by it (asset/tiling.py)
+    card["input"]["train_size"] = parts["train_size"]
     card["thresholds"]["image_calibration"] = {
         "split": "val", "objective": "accuracy", "value": calibrated, "accuracy": cal_acc,
         "overridden": fixed is not None,

@@ -155,13 +155,19 @@ def test_health_model_metrics(client, images):
     assert page.status_code == 200 and "<canvas" in page.text and "http" not in page.text.split("<script>")[1]
 
 
-def test_readyz_503_until_loaded_and_load_errors_reported(tmp_path):
+def test_readyz_503_until_loaded_and_load_errors_logged_not_shown(tmp_path, caplog):
+    caplog.set_level("ERROR", logger="asset.serve")
     with TestClient(create_app(Settings(model=str(tmp_path / "missing")))) as client:
         deadline = time.time() + 10
-        while time.time() < deadline and "missing" not in client.get("/readyz").text:
+        while time.time() < deadline and "error id" not in client.get("/readyz").text:
             time.sleep(0.05)
         answer = client.get("/readyz")
-        assert answer.status_code == 503 and "missing" in answer.json()["detail"]
+        detail = answer.json()["detail"]
+        assert answer.status_code == 503 and "failed to load" in detail
+        assert "missing" not in detail and str(tmp_path) not in detail  # no path to the client...
+        eid = detail.split("error id ")[1].split(";")[0]
+        line = [r.getMessage() for r in caplog.records if eid in r.getMessage()]
+        assert line and "missing" in line[0]  # ...the details are in the log line carrying the same id
         assert client.get("/healthz").status_code == 200
         assert client.post("/predict", content=b"x", headers={"content-type": "image/png"}).status_code == 503
 
@@ -172,12 +178,16 @@ def test_api_key(served_model, images):
         wait_ready(client)
         _, _, data = images[0]
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
-        for path in ("/model", "/metrics", "/"):
+        for path in ("/model", "/metrics"):
             assert client.get(path).status_code == 401
+        assert client.get("/").status_code == 200  # the page is open: it holds no data and asks for the key
         assert client.post("/predict", content=data, headers={"content-type": "image/png"}).status_code == 401
         ok = client.post("/predict", content=data, headers={"content-type": "image/png", "X-API-Key": "s3cret"})
         assert ok.status_code == 200
-        assert client.get("/", params={"api_key": "s3cret"}).status_code == 200
+        # the key in the address is refused everywhere: it would end up in logs and browser history
+        assert client.get("/model", params={"api_key": "s3cret"}).status_code == 401
+        assert client.post("/predict", params={"api_key": "s3cret"}, content=data,
+                           headers={"content-type": "image/png"}).status_code == 401
         refused = client.get("/model", headers={"X-API-Key": "wrong"})
         assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
         assert client.get("/anything-else").status_code == 401
