@@ -12,7 +12,8 @@ Layout of MODEL_DIR (format `defect-model/1`):
     evaluations/        (written by `asset evaluate`; not covered by the checksums)
 
 model.json keys: format, created, arch, encoder, encoder_weights, classes, input{channels,
-size_policy, normalisation, color_order}, thresholds{pixel, image, image_calibration}, dataset{name,
+size_policy, normalisation, color_order, train_size (the network input size [H, W] of training; the server
+bounds the cost of an image by it)}, thresholds{pixel, image, image_calibration}, dataset{name,
 version, path, splits}, training{...}, metrics{split: {...}}, versions{library: version},
 weights (file name), exports{name: {...}}.
 
@@ -20,6 +21,10 @@ Checksums cover every file except SHA256SUMS itself, `checkpoints/` (they change
 resumed and are not needed to use the model), `evaluations/` and temporary files. `verify` refuses
 a directory whose listed files are missing or differ, or whose model.json has another format.
 Writers call `record(...)` / `write_card(...)`, which rewrite model.json and SHA256SUMS atomically.
+
+Every path read from model.json (weights, training.config, exports.*.file) or SHA256SUMS must stay inside the
+directory: an absolute path, a `..` or a symlink leading out is refused (`inside`), so a crafted card cannot
+make a reader open or hash /etc/passwd.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import hashlib
 import json
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 FORMAT = "defect-model/1"
 CARD = "model.json"
@@ -82,6 +87,40 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# ---------------------------------------------------------------------- containment
+def inside(model_dir: Path, rel, what: str) -> Path:
+    """model_dir / rel, refused (ModelDirError) unless it stays inside model_dir: `rel` must be a relative path
+    without `..`, and must not resolve (symlinks followed) to somewhere outside the directory."""
+    model_dir = Path(model_dir)
+    if not isinstance(rel, str) or not rel.strip():
+        raise ModelDirError(f"{model_dir}: {what} is {rel!r}, not a relative file path")
+    posix, windows = PurePosixPath(rel), PureWindowsPath(rel)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or rel.startswith("\\") \
+            or ".." in posix.parts or ".." in windows.parts:
+        raise ModelDirError(f"{model_dir}: {what} names {rel!r}, a path outside the model directory; refused "
+                            "(paths in a model directory are relative and stay inside it: was it tampered with?)")
+    path = model_dir / rel
+    root = model_dir.resolve()
+    target = path.resolve()
+    if target != root and root not in target.parents:
+        raise ModelDirError(f"{model_dir}: {what} {rel!r} is a link to {target}, outside the model directory; refused")
+    return path
+
+
+def card_paths(card: dict) -> list[tuple[str, str]]:
+    """(what, relative path) for every file the card names."""
+    out = [("model.json weights", card.get("weights", WEIGHTS))]
+    training = card.get("training")
+    if isinstance(training, dict) and "config" in training:
+        out.append(("model.json training.config", training["config"]))
+    exports = card.get("exports")
+    if isinstance(exports, dict):
+        for key, entry in exports.items():
+            if isinstance(entry, dict) and "file" in entry:
+                out.append((f"model.json exports[{key!r}].file", entry["file"]))
+    return out
+
+
 # ---------------------------------------------------------------------- checksums
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -131,7 +170,9 @@ def read_checksums(model_dir: Path) -> dict[str, str]:
         parts = line.split(None, 1)
         if len(parts) != 2 or len(parts[0]) != 64:
             raise ModelDirError(f"{path}:{n}: malformed line (expected '<sha256>  <path>')")
-        sums[parts[1].strip().lstrip("*")] = parts[0].lower()
+        rel = parts[1].strip().lstrip("*")
+        inside(model_dir, rel, f"{CHECKSUMS} line {n}")
+        sums[rel] = parts[0].lower()
     return sums
 
 
@@ -158,6 +199,8 @@ def read_card_unverified(model_dir: Path) -> dict:
             f"{path}: model format {fmt!r}, this asset reads {FORMAT!r}: the directory was made by another "
             "version of the asset; retrain the model with this version (or use the asset version that made it)"
         )
+    for what, rel in card_paths(card):
+        inside(model_dir, rel, what)
     return card
 
 

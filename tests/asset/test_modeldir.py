@@ -61,3 +61,42 @@ def test_record_adds_section_and_new_files(mdir):
     assert "exports/model.onnx" in modeldir.read_checksums(mdir)
     modeldir.verify(mdir)
     assert not list(mdir.glob(".tmp-*"))
+
+
+def rewrite_card(mdir, **changes):
+    card = json.loads((mdir / "model.json").read_text())
+    card.update(changes)
+    modeldir.write_card(mdir, card)  # checksums rewritten: only the containment check can refuse it
+
+
+@pytest.mark.parametrize("changes", [
+    {"weights": "../../etc/passwd"},
+    {"weights": "/etc/passwd"},
+    {"weights": "..\\..\\etc\\passwd"},
+    {"exports": {"onnx": {"file": "exports/../../outside.onnx"}}},
+    {"training": {"config": "/etc/shadow"}},
+])
+def test_card_paths_outside_the_directory_refused(mdir, changes):
+    rewrite_card(mdir, **changes)
+    for read in (modeldir.verify, modeldir.read_card_unverified):
+        with pytest.raises(ModelDirError, match="outside the model directory"):
+            read(mdir)
+
+
+def test_checksum_paths_outside_the_directory_refused(mdir, tmp_path):
+    sums = (mdir / "SHA256SUMS").read_text()
+    (mdir / "SHA256SUMS").write_text(sums + f"{'0' * 64}  ../../etc/passwd\n")
+    with pytest.raises(ModelDirError, match=r"SHA256SUMS line 3 names '../../etc/passwd'.*outside"):
+        modeldir.verify(mdir)
+    (mdir / "SHA256SUMS").write_text(sums + f"{'0' * 64}  /etc/passwd\n")
+    with pytest.raises(ModelDirError, match="outside the model directory"):
+        modeldir.verify(mdir)
+
+
+def test_symlink_escaping_the_directory_refused(mdir, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"weights")  # same bytes: the checksum alone would accept it
+    (mdir / "weights.pt").unlink()
+    (mdir / "weights.pt").symlink_to(secret)
+    with pytest.raises(ModelDirError, match="is a link to .*outside the model directory"):
+        modeldir.verify(mdir)
