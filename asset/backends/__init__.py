@@ -46,8 +46,10 @@ BACKENDS: dict[str, BackendSpec] = {
                                ("cpu", "cuda")),
     "openvino": BackendSpec("asset.backends.ov", "OpenVinoBackend", ("openvino",), "pip install openvino",
                             ("fp32", "int8"), ("cpu",)),
-    "tensorrt": BackendSpec("asset.backends.trt", "TensorRTBackend", ("tensorrt",),
-                            "pip install tensorrt cuda-python (on a machine with an NVIDIA GPU and driver)",
+    # cuda-python (module cuda.bindings) moves the engine's inputs and outputs to and from the GPU
+    "tensorrt": BackendSpec("asset.backends.trt", "TensorRTBackend", ("tensorrt", "cuda.bindings"),
+                            "TensorRT from JetPack (Jetson) or tensorrt-cu12 (x86), and pip install -r "
+                            "platforms/jetson/requirements-jetson.txt or platforms/x86-cuda/requirements-gpu.txt",
                             ("fp32", "fp16", "int8"), ("cuda",), needs_gpu=True),
 }
 
@@ -93,8 +95,12 @@ def installed(module: str) -> bool:
         return False
 
 
+# module -> the package that provides it, where the names differ
+PACKAGE_OF = {"cuda.bindings": "cuda-python", "segmentation_models_pytorch": "segmentation-models-pytorch"}
+
+
 def _missing(spec: BackendSpec) -> list[str]:
-    return [m for m in spec.requires if not installed(m)]
+    return [PACKAGE_OF.get(m, m) for m in spec.requires if not installed(m)]
 
 
 def backend_status() -> dict[str, str | None]:

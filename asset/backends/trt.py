@@ -1,5 +1,5 @@
 """TensorRT backend: a serialized engine (export `tensorrt-<precision>`) on an NVIDIA GPU, through the TensorRT 10
-Python API and cuda-python (cudart) for memory. No torch needed.
+Python API and cuda-python (cuda.bindings.runtime) for memory. No torch needed; `backend_status` checks both.
 
 An engine is built for one GPU model and TensorRT version (`asset export --format tensorrt` on that machine); its
 optimisation profile bounds the batch and H x W it takes (recorded in model.json), larger batches are chunked.
@@ -15,15 +15,13 @@ from asset.backends.base import Backend, BackendError, export_entry, parse_devic
 
 
 def cudart_module():
-    """cuda-python's runtime bindings (new and old import paths)."""
+    """cuda-python's runtime bindings (cuda.bindings, cuda-python >= 12.6: the pinned versions have it)."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            raise BackendError("the TensorRT backend needs cuda-python for GPU memory: pip install cuda-python") \
-                from None
+        raise BackendError("the TensorRT backend needs cuda-python for GPU memory: pip install -r "
+                           "platforms/jetson/requirements-jetson.txt (Jetson) or platforms/x86-cuda/requirements-gpu.txt"
+                           ) from None
     return cudart
 
 

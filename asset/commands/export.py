@@ -14,11 +14,16 @@ dataset.path, or --data): fp32 formats need max |logit diff| <= atol x max(1, |l
 decisions; int8/fp16 need accuracy and pixel IoU to drop by <= --max-accuracy-drop. A failing export is not
 written. Files go to MODEL_DIR/exports/ and are recorded in model.json "exports" (and SHA256SUMS).
 
+tensorrt needs no torch: the engine is built from the model directory's ONNX export (make that first, where torch
+is installed), on the machine that will run it (a Jetson: inside the jetson image), and verified against the ONNX
+model under ONNX Runtime - on the dataset's validation images when the dataset can be read there, else on random
+images (--data points at a copy of the dataset).
+
 Examples:
   asset export --model models/m --format onnx
   asset export --model models/m --format onnx-int8 --calib-images 64
   asset export --model models/m --format openvino
-  asset export --model models/m --format tensorrt --precision int8     (on a machine with an NVIDIA GPU)
+  asset export --model models/m --format tensorrt --precision fp16     (on the machine with the NVIDIA GPU)
 """
 
 # argparse dest -> export option name (None: not a format option)
@@ -72,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     for k in ("verify_images", "calib_images", "max_batch"):
         if given[k] is not None and given[k] < 1:
             raise ExportError(f"--{k.replace('_', '-')} must be >= 1")
+    if args.format == "tensorrt":  # no torch: checks the model's ONNX export, then TensorRT, then the GPU
+        from asset.export.tensorrt import export_engine
+
+        entry = export_engine(args.model, data=args.data, device=args.device or "cuda", **given)
+        print(json.dumps({"file": str(Path(args.model) / entry["file"]), "verification": entry["verification"]}))
+        return 0
     why = format_status(args.format)
     if why:
         raise ExportError(f"this machine cannot produce {args.format!r}: {why}")

@@ -358,7 +358,12 @@ def _install(model_dir: Path, staged: Path, rel: str) -> None:
 def export_model(model_dir: str | os.PathLike, fmt: str, *, data=None, device: str = "cuda",
                  log: Callable[[str], None] = _stderr, **options) -> dict:
     """Export MODEL_DIR to `fmt` (onnx | onnx-int8 | openvino | tensorrt). `options` are the format's arguments
-    (see FORMATS[fmt].args; None = default). Returns the record written to model.json["exports"][key]."""
+    (see FORMATS[fmt].args; None = default). Returns the record written to model.json["exports"][key].
+    tensorrt is asset/export/tensorrt.py's export_engine (from the ONNX export, verified against it)."""
+    if fmt == "tensorrt":  # built from the ONNX export without torch, so that it can run on the device
+        from asset.export.tensorrt import export_engine
+
+        return export_engine(model_dir, data=data, device=device, log=log, **options)
     check_arguments(fmt, options)  # before any work
     why = format_status(fmt)
     if why:
@@ -420,26 +425,6 @@ def export_model(model_dir: str | os.PathLike, fmt: str, *, data=None, device: s
             facts = {"opset": opts["opset"], "ir": "model.xml + model.bin", "weights": "fp32"}
             tmp, rel = tmpdir, f"{EXPORTS_DIR}/openvino"
             versions = _versions("torch", "onnx", "openvino")
-        elif fmt == "tensorrt":
-            from asset.export.tensorrt import build_engine
-
-            src, temporary = source_onnx(ctx, opts)
-            if temporary:
-                staged.append(src)
-            tmp = ctx.stage(f"model-{precision}.engine")
-            staged.append(tmp)
-            calib = calibration_batches(ctx, int(opts["calib_images"])) if precision == "int8" else None
-            facts = build_engine(src, tmp, precision=precision, device=device, opt_shape=ctx.sample.shape,
-                                 max_shape=(int(opts["max_batch"]), ctx.sample.shape[1], *ctx.max_network_shape()),
-                                 workspace_gb=float(opts["workspace"]), calibration=calib, log=log)
-            from asset.backends.trt import TensorRTBackend
-
-            backend = TensorRTBackend(model_dir, ctx.card, precision=precision, device=device, file=tmp)
-            figures = verify(ctx, backend.infer, key, exact=precision == "fp32", atol=opts["atol"] * 10,
-                             max_drop=opts["max_accuracy_drop"])
-            backend.close()
-            rel = f"{EXPORTS_DIR}/model-{precision}.engine"
-            versions = _versions("torch", "onnx", "tensorrt")
         else:  # pragma: no cover - check_arguments rejects it
             raise ExportError(f"unknown format {fmt!r}")
         _install(model_dir, tmp, rel)

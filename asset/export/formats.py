@@ -34,7 +34,8 @@ FORMATS: dict[str, ExportFormat] = {
                               COMMON | {"calib_images", "per_channel", "max_accuracy_drop"}, "onnxruntime"),
     "openvino": ExportFormat("openvino", "OpenVINO IR", "openvino/model.xml", ("torch", "onnx", "openvino"),
                              ("fp32",), False, COMMON, "openvino"),
-    "tensorrt": ExportFormat("tensorrt", "TensorRT engine", "model-<precision>.engine", ("torch", "onnx", "tensorrt"),
+    "tensorrt": ExportFormat("tensorrt", "TensorRT engine", "model-<precision>.engine",
+                             ("onnxruntime", "tensorrt", "cuda.bindings"),  # from the ONNX export, no torch
                              ("fp16", "fp32", "int8"), True,
                              COMMON | {"precision", "calib_images", "workspace", "max_batch", "max_accuracy_drop"},
                              "tensorrt"),
