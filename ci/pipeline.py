@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -54,8 +55,25 @@ def out_dir() -> Path:
     return Path(os.environ.get("PIPELINE_OUT", "out/ci"))
 
 
+_CLIENT: list[str] = []
+
+
 def docker() -> str:
-    return os.environ.get("DOCKER", "docker")
+    """$DOCKER, else the first client that can build with BuildKit: one with buildx, or one older than 23
+    (Debian's docker.io 20.10 at /usr/bin/docker does BuildKit without buildx; newer ones refuse to)."""
+    if os.environ.get("DOCKER"):
+        return os.environ["DOCKER"]
+    if not _CLIENT:
+        candidates = [c for c in (shutil.which("docker"), "/usr/bin/docker") if c and os.access(c, os.X_OK)]
+        _CLIENT.append(next((c for c in candidates if pipeline_bake.buildx_available(c) or _client_major(c) < 23),
+                            "docker"))
+    return _CLIENT[0]
+
+
+def _client_major(client: str) -> int:
+    result = subprocess.run([client, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
+    head = result.stdout.strip().split(".")[0]
+    return int(head) if head.isdigit() else 999
 
 
 # --- recorded stages ------------------------------------------------------------------------------------
