@@ -18,7 +18,7 @@
 # ci/notify.py); without them the mail step says so. The exit status is the pipeline's: 0 when
 # every stage passed, 1 otherwise, whatever the mail step did. Outputs: $PIPELINE_OUT (out/ci).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 stages=lint,unit,images targets="" only="" registry="" offline=0
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -44,6 +44,7 @@ status=0
 has() { [[ ",$stages," == *",$1,"* ]]; }
 stage() { "$PY" ci/pipeline.py "$@" || status=1; }
 
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   if [ -n "${registry_dir:-}" ]; then "$PY" ci/engine.py registry-down --dir "$registry_dir" || true; fi
   if [ -n "${engine_started:-}" ]; then "$PY" ci/engine.py down || true; fi
@@ -55,8 +56,9 @@ has unit && stage unit
 
 if has images; then
   [ "$offline" = 1 ] && export PIPELINE_OFFLINE=1
+  read -ra names <<< "${targets//,/ }"
   "$PY" ci/pipeline.py stage plan -- "$PY" ci/pipeline.py units --output "$PIPELINE_OUT/units.txt" \
-    ${only:+--only "$only"} ${targets//,/ } || status=1
+    ${only:+--only "$only"} "${names[@]}" || status=1
   if [ -s "$PIPELINE_OUT/units.txt" ] && ! "$PY" ci/engine.py status 2>/dev/null; then
     if env_lines=$("$PY" ci/pipeline.py stage engine -- "$PY" ci/engine.py up | grep '^export '); then
       eval "$env_lines"; engine_started=1
@@ -86,6 +88,8 @@ if [ $status -ne 0 ]; then
   "$PY" ci/pipeline.py notify || echo "run-local: warning: the failure mail was not sent (see above); the pipeline's status is kept" >&2
   echo "run-local: pipeline FAILED; logs in $PIPELINE_OUT/logs" >&2
 else
-  echo "run-local: pipeline passed; pushed: $(ls "$PIPELINE_OUT/pushed" 2>/dev/null | tr '\n' ' ')"
+  pushed=("$PIPELINE_OUT"/pushed/*.json)
+  [ -e "${pushed[0]}" ] || pushed=()
+  echo "run-local: pipeline passed; ${#pushed[@]} image(s) pushed (records in $PIPELINE_OUT/pushed)"
 fi
 exit $status

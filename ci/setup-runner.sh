@@ -161,6 +161,7 @@ step_register() {
       changing "install gitlab-runner (GitLab's apt repository)"
       local keyring=/usr/share/keyrings/gitlab-runner.gpg
       [ -f "$keyring" ] || run sh -c "curl -fsSL https://packages.gitlab.com/runner/gitlab-runner/gpgkey | gpg --dearmor -o $keyring"
+      # shellcheck source=/dev/null
       . /etc/os-release
       write_file /etc/apt/sources.list.d/gitlab-runner.list \
         "deb [signed-by=$keyring] https://packages.gitlab.com/runner/gitlab-runner/$ID/ $VERSION_CODENAME main"
