@@ -304,4 +304,124 @@ def write_results(doc: dict, out: Path) -> tuple[Path, Path]:
     return md, js
 
 
-__all__ = ["BACKENDS", "machine_info", "parse_size", "parse_targets", "run_benchmark", "to_markdown", "write_results"]
+
+# ----------------------------------------------------------------------------- speed only (no dataset)
+SPEED_SCHEMA = "asset-benchmark-speed/1"
+
+
+def device_description(root: Path = Path("/")) -> dict:
+    """What this device is, for a per-device speed file: board (device tree), Jetson L4T release, CPU, GPUs."""
+    out: dict = {}
+    try:
+        out["board"] = (root / "proc/device-tree/model").read_bytes().rstrip(b"\x00\n ").decode("utf-8", "replace")
+    except OSError:
+        pass
+    try:
+        out["l4t"] = (root / "etc/nv_tegra_release").read_text().splitlines()[0].lstrip("# ").strip()
+    except (OSError, IndexError):
+        pass
+    m = machine_info()
+    gpus = ", ".join(m["gpus"])
+    out["description"] = " / ".join(v for v in (out.get("board"), out.get("l4t") and "L4T " + out["l4t"].split(",")[0],
+                                                 f"{m['cpu']} ({m['usable_cores']} cores)", gpus) if v)
+    return out
+
+
+def speed_size(card: dict, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The network input size to time at: --size, else the model's fixed size, else its training size."""
+    inp = card.get("input") or {}
+    chosen = size or (inp.get("size_policy") or {}).get("size") or inp.get("train_size")
+    if not chosen:
+        raise BackendError("the model takes any input size and records none: pass --size HxW")
+    return int(chosen[0]), int(chosen[1])
+
+
+def run_speed(model_dir, targets: list[tuple[str, str]] | None = None, batches=(1,), size=None, device: str = "cpu",
+              threads: int | None = None, warmup: int = 3, min_iter: int = 10, max_iter: int = 500,
+              min_seconds: float = 2.0, max_seconds: float = 15.0, seed: int = 0, log=None) -> dict:
+    """Latency and throughput of MODEL_DIR's backends on random input, without any dataset (what a device runs to
+    report its figures). Rows as in run_benchmark, without the accuracy columns."""
+    log = log or (lambda m: None)
+    model_dir = Path(model_dir)
+    card = modeldir.verify(model_dir)
+    algorithm = Algorithm.from_card(card)
+    h, w = speed_size(card, size)
+    shape = (h, w) if algorithm.channels == 1 else (h, w, algorithm.channels)
+    image = np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+    status = backend_status()
+    if targets is not None:
+        for name, _ in targets:
+            if status[name]:
+                raise BackendError(f"cannot benchmark {name!r} here: {status[name]}")
+    exports = card.get("exports") or {}
+    rows: list[Row] = []
+    for name, precision in targets or DEFAULT_ORDER:
+        key = EXPORT_FOR.get((name, precision))
+        keys = key if isinstance(key, tuple) else (key,)
+        entry = next((exports[k] for k in keys if k and k in exports), None)
+        file = model_dir / entry["file"] if entry else (model_dir / card.get("weights", "weights.pt")
+                                                        if key is None else None)
+        made = [Row(name, precision, b, file=str(file.relative_to(model_dir)) if file else None,
+                    size_mb=_size_mb(file)) for b in batches]
+        if status[name] or file is None:  # one row says it
+            from asset.export.formats import EXPORT_COMMAND
+
+            made[0].status = "unavailable" if status[name] else "failed"
+            made[0].reason = status[name] or f"not exported: {EXPORT_COMMAND[keys[0]].format(model=model_dir)}"
+            rows.append(made[0])
+            continue
+        rows.extend(made)
+        log(f"{name}/{precision}: loading")
+        try:
+            backend = load_backend(name, model_dir, precision=precision, device="cuda" if name == "tensorrt"
+                                   else device, threads=threads, card=card, verify=False)
+        except Exception as exc:  # noqa: BLE001 - any engine error is a table row
+            for r in made:
+                r.status, r.reason = "failed", f"{type(exc).__name__}: {exc}"
+            continue
+        try:
+            for r in made:
+                x = latency_input(algorithm, image, r.batch, (h, w))
+                times, _ = _latency(backend.infer, x, warmup, min_iter, max_iter, min_seconds, max_seconds)
+                per_image = times * 1000 / r.batch
+                r.p50_ms, r.p90_ms, r.p99_ms = (round(float(np.percentile(per_image, q)), 3) for q in (50, 90, 99))
+                r.throughput = round(r.batch * len(times) / float(times.sum()), 2)
+                r.iterations = len(times)
+                r.extra = {"input_shape": list(x.shape), **backend.info()}
+                log(f"{name}/{precision} batch {r.batch}: {r.p50_ms:.2f} ms/img, {r.throughput:.1f} FPS")
+        except Exception as exc:  # noqa: BLE001
+            for r in made:
+                r.status, r.reason = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            backend.close()
+    return {"schema": SPEED_SCHEMA, "created": modeldir.now_iso(), "device": device_description(),
+            "machine": machine_info(), "model": {"dir": str(model_dir), "arch": card.get("arch"),
+                                                 "encoder": card.get("encoder")},
+            "input": {"size": [h, w], "channels": algorithm.channels, "batches": list(batches),
+                      "data": f"random uint8 image (seed {seed}), preprocessed like a real one"},
+            "threads": threads, "rows": [{**asdict(r), "ms": r.p50_ms, "fps": r.throughput} for r in rows]}
+
+
+def speed_markdown(doc: dict) -> str:
+    h, w = doc["input"]["size"]
+    lines = [f"Speed of {doc['model']['arch']}/{doc['model']['encoder']} on {doc['device']['description']}; "
+             f"{h}x{w} random input, ms per image after warm-up (no dataset: no accuracy figures)", "",
+             "| backend | precision | batch | status | ms p50 | ms p90 | FPS |", "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {status} | {_f(r['ms'], '{:.2f}')} | "
+                     f"{_f(r['p90_ms'], '{:.2f}')} | {_f(r['fps'], '{:.1f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_speed(doc: dict, out: Path) -> tuple[Path, Path]:
+    """OUT.md and OUT.json (atomic)."""
+    out = Path(out)
+    md, js = out.with_suffix(".md"), out.with_suffix(".json")
+    modeldir.write_text_atomic(md, speed_markdown(doc))
+    modeldir.write_json_atomic(js, doc)
+    return md, js
+
+
+__all__ = ["BACKENDS", "machine_info", "parse_size", "parse_targets", "run_benchmark", "run_speed", "to_markdown",
+           "write_results", "write_speed"]

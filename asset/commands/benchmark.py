@@ -14,9 +14,15 @@ Accuracy and pixel IoU on --split through the shared pre/post-processing; latenc
 batch, per image, after warm-up (at least --min-iter calls and --min-seconds). Writes OUT.md and OUT.json (machine,
 library versions, every figure), default MODEL_DIR/evaluations/benchmark-HOST-TIME.
 
+--speed-only needs no dataset (what a device image runs): latency and FPS on a random image at --size (default
+the model's fixed or training size), every backend/precision the model has an export for; writes OUT.md and
+OUT.json (schema asset-benchmark-speed/1: device description, machine, backend, precision, batch, ms, fps), default
+MODEL_DIR/evaluations/speed-HOST-TIME: pass --out when the model directory is mounted read-only.
+
 Examples:
   asset benchmark --model models/m
   asset benchmark --model models/m --backends onnxruntime,onnxruntime:int8,openvino --batch 1,4,8 --size 512x512
+  asset benchmark --model /models/model --speed-only --size 512x512 --batch 1,4 --out /out/rpi4
 """
 
 
@@ -50,17 +56,18 @@ def register(sub) -> None:
     p.add_argument("--batch", type=_batches, default=[1], metavar="1,4,8", help="batch sizes (default 1)")
     p.add_argument("--size", metavar="HxW", help="network input size for the latency runs (default: the split's "
                    "first image)")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split for accuracy/IoU "
-                   "(default val)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="split for accuracy/IoU (default val)")
     p.add_argument("--data", metavar="DATASET_DIR", help="dataset (default: the one in model.json)")
     p.add_argument("--limit", type=int, help="at most N images of the split")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] for pytorch / onnxruntime (tensorrt: cuda)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: usable cores)")
     p.add_argument("--min-iter", type=int, default=10, help="at least N timed calls per row (default 10)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="at least S seconds per row (default 2)")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.02,
+    p.add_argument("--max-accuracy-drop", type=float,
                    help="int8/fp16 rows are 'exported but wrong' beyond this accuracy / IoU drop (default 0.02)")
     p.add_argument("--out", type=Path, help="output path without suffix (writes .md and .json)")
+    p.add_argument("--speed-only", action="store_true", help="no dataset: latency and FPS on random input at --size "
+                   "(for a device's figures)")
     p.set_defaults(func=run)
 
 
@@ -76,14 +83,41 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     if args.threads is not None and args.threads < 1 or args.min_iter < 1 or (args.limit is not None and args.limit < 1):
         raise BackendError("--threads, --min-iter and --limit must be >= 1")
-    doc = run_benchmark(args.model, targets, batches=args.batch, size=size, split=args.split, data=args.data,
-                        device=args.device, threads=args.threads, limit=args.limit, min_iter=args.min_iter,
-                        min_seconds=args.min_seconds, max_seconds=max(15.0, args.min_seconds * 2),
-                        max_accuracy_drop=args.max_accuracy_drop,
-                        log=lambda m: print(m, file=sys.stderr, flush=True))
-    out = args.out or Path(args.model) / "evaluations" / \
-        f"benchmark-{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}"
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    stamp = f"{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}"
+    if args.speed_only:
+        from asset.benchmark import run_speed, speed_markdown, write_speed
+
+        given = [f for f, v in (("--data", args.data), ("--split", args.split), ("--limit", args.limit),
+                                ("--max-accuracy-drop", args.max_accuracy_drop)) if v is not None]
+        if given:
+            raise BackendError(f"--speed-only uses no dataset: {', '.join(given)} do not apply")
+        doc = run_speed(args.model, targets, batches=args.batch, size=size, device=args.device, threads=args.threads,
+                        min_iter=args.min_iter, min_seconds=args.min_seconds,
+                        max_seconds=max(15.0, args.min_seconds * 2), log=log)
+        md, js = _write(write_speed, doc, args.out or Path(args.model) / "evaluations" / f"speed-{stamp}")
+        print(speed_markdown(doc))
+        print(f"wrote {md} and {js}", file=sys.stderr)
+        return 0
+    doc = run_benchmark(args.model, targets, batches=args.batch, size=size, split=args.split or "val",
+                        data=args.data, device=args.device, threads=args.threads, limit=args.limit,
+                        min_iter=args.min_iter, min_seconds=args.min_seconds,
+                        max_seconds=max(15.0, args.min_seconds * 2),
+                        max_accuracy_drop=0.02 if args.max_accuracy_drop is None else args.max_accuracy_drop, log=log)
+    out = args.out or Path(args.model) / "evaluations" / f"benchmark-{stamp}"
     md, js = write_results(doc, out)
     print(to_markdown(doc))
     print(f"wrote {md} and {js}", file=sys.stderr)
     return 0
+
+
+def _write(writer, doc: dict, out: Path):
+    """writer(doc, out), with a clear message when OUT's folder cannot be written (a read-only model mount)."""
+    from asset.backends import BackendError
+
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return writer(doc, out)
+    except OSError as exc:
+        raise BackendError(f"cannot write the results to {out} ({exc.strerror or exc}): pass --out PATH on a "
+                           "writable folder") from None
