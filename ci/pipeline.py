@@ -153,13 +153,17 @@ def run_info() -> notify.RunInfo:
     return notify.RunInfo(commit_id(), branch, detected.url)
 
 
-def notify_failures(lines: int) -> int:
-    """One mail for every failed stage; 0 without sending when none failed, else ci/notify.py's status."""
+def notify_failures(lines: int, pipeline_failed: bool = False) -> int:
+    """One mail for every failed stage; 0 without sending when none failed, else ci/notify.py's status.
+
+    `pipeline_failed`: the CI says something failed (its notification job runs only then). When no
+    recorded stage failed, the failure was outside them (a checkout, a runner, an action): say so."""
     failed = [job for job, status in recorded_statuses().items() if status != 0]
-    if not failed:
+    if not failed and not pipeline_failed:
         print("notify: no stage failed, nothing to send")
         return 0
-    failures = [notify.Failure(job, out_dir() / "logs" / f"{job}.log") for job in failed]
+    failures = [notify.Failure(job, out_dir() / "logs" / f"{job}.log") for job in failed] or \
+        [notify.Failure("a step outside the recorded stages (see the run)", None)]
     return notify.notify(failures, run_info(), lines)
 
 
@@ -349,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)  # the stage's own process
     p_notify = sub.add_parser("notify", help="mail the failed stages (none failed: nothing sent, exit 0)")
     p_notify.add_argument("--lines", type=int, default=50)
+    p_notify.add_argument("--pipeline-failed", action="store_true",
+                          help="the CI reports a failure: mail even when no recorded stage failed")
     p_stage = sub.add_parser("stage", help="run a command as a recorded stage: stage JOB -- CMD ...")
     p_stage.add_argument("job")
     p_stage.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -371,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 _write_atomic(args.output, text)
             return 0
         if args.command == "notify":
-            return notify_failures(args.lines)
+            return notify_failures(args.lines, args.pipeline_failed)
         if not args.inside:  # build/test/push: re-enter inside a recorded stage
             extra = [x for kv in getattr(args, "build_arg", []) for x in ("--build-arg", kv)]
             return run_stage(f"{args.command}-{args.unit}", _self(args.command, args.unit, "--inside", *extra))

@@ -85,7 +85,7 @@ if has images; then
 fi
 
 if [ $status -ne 0 ]; then
-  "$PY" ci/pipeline.py notify || echo "run-local: warning: the failure mail was not sent (see above); the pipeline's status is kept" >&2
+  "$PY" ci/pipeline.py notify --pipeline-failed || echo "run-local: warning: the failure mail was not sent (see above); the pipeline's status is kept" >&2
   echo "run-local: pipeline FAILED; logs in $PIPELINE_OUT/logs" >&2
 else
   pushed=("$PIPELINE_OUT"/pushed/*.json)

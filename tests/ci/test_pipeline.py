@@ -143,3 +143,14 @@ def test_run_local_refuses_unknown_options_and_stages(tmp_path):
     assert run_local(env_for(tmp_path), "--stage", "x").returncode == 2
     bad = run_local(env_for(tmp_path), "--stages", "lint,deploy")
     assert bad.returncode == 2 and "unknown stage deploy" in bad.stderr
+
+
+def test_a_failure_outside_the_recorded_stages_still_gives_one_mail(tmp_path, inbox):
+    box, port = inbox
+    env = env_for(tmp_path, port)
+    pipeline_cli(env, "stage", "lint", "--", "true")
+    result = pipeline_cli(env, "notify", "--pipeline-failed")
+    assert result.returncode == 0, result.stderr
+    assert len(box.envelopes) == 1
+    body = message_from_bytes(box.envelopes[0].original_content, policy=policy.default).get_content()
+    assert "a step outside the recorded stages (see the run)" in body and "(no log was recorded)" in body
