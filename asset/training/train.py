@@ -3,6 +3,8 @@
 MODEL_DIR while training: config.yaml (resolved), checkpoints/{last,best}.ckpt, logs/{csv,tensorboard}/.
 At the end: weights.pt (best checkpoint by val IoU), the image threshold calibrated on val, model.json
 and SHA256SUMS (see asset/modeldir.py). `resume_dir` continues an interrupted run from last.ckpt.
+Checkpoints are checksummed when written and verified, then loaded as data only (weights_only=True), when
+read (asset/training/checkpoints.py): a foreign or altered checkpoint is refused before it can run anything.
 
 Multi-GPU / multi-node: set trainer.devices / trainer.num_nodes / trainer.strategy (e.g.
 `--devices 4 --strategy ddp`, and `--num-nodes 2` with one launch per node via torchrun or SLURM, which
@@ -126,6 +128,15 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     if resume and not last.is_file():
         raise TrainError(f"{out_dir}: no checkpoints/{LAST} to resume from (the run never finished an epoch); "
                          "start it again without --resume")
+    from asset.training.checkpoints import CheckpointError, checkpoint_io, load_checkpoint
+
+    if resume:
+        try:
+            if (out_dir / modeldir.CHECKSUMS).exists():  # a finished run: its files must still be what it wrote
+                modeldir.verify(out_dir)
+            load_checkpoint(last)  # verified and loadable as data only, before Lightning touches it
+        except CheckpointError as exc:
+            raise TrainError(str(exc)) from None
     cfg = copy.deepcopy(cfg)
     cfg["data"]["path"] = str(Path(cfg["data"]["path"]).resolve()) if cfg["data"]["path"] else None
     import lightning as L
@@ -136,7 +147,6 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     if not resume:
         modeldir.write_text_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(cfg, sort_keys=False))
 
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -155,7 +165,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     if t.get("deterministic"):
         t["deterministic"] = "warn" if t.get("accelerator") not in ("cpu",) else True
     trainer = L.Trainer(
-        default_root_dir=out_dir, callbacks=[ckpt],
+        default_root_dir=out_dir, callbacks=[ckpt], plugins=[checkpoint_io()],
         logger=[_appending_csv_logger(CSVLogger, out_dir),
                 TensorBoardLogger(out_dir, name="logs", version="tensorboard")],
         **t,
@@ -164,7 +174,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
                   f"{parts['version_dir']} ({parts['channels']} channel(s), size policy "
                   f"{algorithm.size_policy.to_dict()}) -> {out_dir}")
     start = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
     elapsed = time.time() - start
     if not trainer.is_global_zero:
         return {}
@@ -172,8 +182,15 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
         raise TrainError(f"training was interrupted; continue with `asset train --resume {out_dir}`")
 
     # Best weights (by val IoU) -> weights.pt; fall back to the last ones if no best was kept.
-    best_path = Path(ckpt.best_model_path) if ckpt.best_model_path else last
-    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+    # Taken by name from this run's checkpoints/: a resumed checkpoint records the absolute path of its best one,
+    # which is elsewhere when the directory was moved (and could name any file in a foreign checkpoint).
+    best_path = last.parent / Path(ckpt.best_model_path).name if ckpt.best_model_path else last
+    if not best_path.is_file():
+        best_path = last
+    try:
+        state = load_checkpoint(best_path)["state_dict"]
+    except CheckpointError as exc:
+        raise TrainError(str(exc)) from None
     net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(net_state)
     net.eval()
