@@ -338,8 +338,8 @@ def _pull_message(image: str, error: str) -> str:
 def check_image_arch(img, image: str, engine_arch: str) -> None:
     arch = img.attrs.get("Architecture", "")
     if arch and arch != engine_arch:
-        raise DeviceError(f"{image} is a linux/{arch} image and this engine runs linux/{engine_arch}: pick the "
-                          f"platform of this device (--platform, or let it be detected)")
+        raise DeviceError(f"{image} is a linux/{arch} image and this engine runs linux/{engine_arch}: that tag holds "
+                          f"another platform's build; push the linux/{engine_arch} one (ci/docker-bake.hcl)")
 
 
 def wait_ready(container, port: int, timeout: float, out=sys.stdout) -> None:
@@ -352,7 +352,7 @@ def wait_ready(container, port: int, timeout: float, out=sys.stdout) -> None:
         container.reload()
         state = container.attrs.get("State", {})
         if state.get("Status") in ("exited", "dead") or state.get("Restarting") or container.attrs.get("RestartCount"):
-            raise DeviceError(f"the server container stopped (exit code {state.get('ExitCode')}):\n{_tail(container)}")
+            raise DeviceError(f"the server container stopped (its log):\n{_tail(container)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -398,6 +398,15 @@ def start(client, plan: Plan, out=sys.stdout):
             raise DeviceError(f"cannot start {plan.image}: {exc.explanation or exc}") from None
         raise
     return container
+
+
+def _image_id(client, image: str) -> str | None:
+    from docker.errors import ImageNotFound
+
+    try:
+        return client.images.get(image).id
+    except ImageNotFound:
+        return None
 
 
 def find_container(client, name: str):
@@ -517,11 +526,18 @@ def run(args, out=sys.stdout) -> int:
                   "back if the new one does not become ready)", file=out)
         return 0
     print(plan.describe()[0], file=out)
+    had = _image_id(client, plan.image)
     img = pull(client, plan.image, out)
-    check_image_arch(img, plan.image, engine_arch)
+    try:
+        check_image_arch(img, plan.image, engine_arch)
+    except DeviceError:
+        if had is None:  # pulled just now: do not leave an image this device cannot run
+            client.images.remove(img.id, force=True)
+        raise
     if args.update:
         if old.image.id == img.id and old.status == "running":
-            print(f"{plan.name} already runs the newest {plan.image} ({img.short_id})", file=out)
+            print(f"{plan.name} already runs the newest {plan.image} ({img.short_id.removeprefix('sha256:')})",
+                  file=out)
             print(url_lines(plan), file=out)
             return 0
         replace(client, old, plan, out)
@@ -533,7 +549,7 @@ def run(args, out=sys.stdout) -> int:
 
 def replace(client, old, plan: Plan, out=sys.stdout) -> None:
     """Stop the old container, start the new one; if it fails, restart the old one under its name."""
-    aside, old_image = f"{plan.name}-previous", old.image.short_id
+    aside, old_image = f"{plan.name}-previous", old.image.short_id.removeprefix("sha256:")
     stale = find_container(client, aside)
     if stale is not None:
         _remove(stale)
