@@ -15,10 +15,10 @@ DEMO ?= out/demo
 ARGS ?=
 
 .PHONY: help setup test demo bench lint serve clean \
-        datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2 datatool-synthetic docker-datatools
+        datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2 datatool-synthetic
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_ -]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): $(REQS) $(PROJECTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,24 +47,61 @@ serve: setup ## serve a model over HTTP until Ctrl-C: make serve [MODEL=out/demo
 lint: setup ## ruff over the Python code
 	$(BIN)/ruff check datatools asset tests scripts
 
-datatool-dagm: setup ## convert DAGM 2007: make datatool-dagm RAW=/path/to/DAGM [OUT=data] [ARGS=...]
+# Containers. Builds need BuildKit (RUN --mount): Docker >= 23, or DOCKER_BUILDKIT=1 with 20.10
+# (a client that refuses BuildKit without buildx can be swapped: make images DOCKER=/usr/bin/docker).
+DOCKER    ?= docker
+REGISTRY  ?= defect
+TAG       ?= dev
+BASE      ?=
+WHEELS    ?=
+NATIVE    ?=
+DATASETS  := dagm kolektorsdd kolektorsdd2 synthetic
+PLATFORMS := x86-cuda x86-cpu jetson rpi4
+BUILD      = DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(WHEELS),--build-arg WHEELS=$(WHEELS))
+ARCH_x86-cuda := linux/amd64
+ARCH_x86-cpu  := linux/amd64
+ARCH_jetson   := linux/arm64
+ARCH_rpi4     := linux/arm64
+
+.PHONY: images image-asset test-containers $(addprefix image-,$(PLATFORMS)) $(addprefix image-datatool-,$(DATASETS))
+
+images: $(addprefix image-datatool-,$(DATASETS)) image-asset $(addprefix image-,$(PLATFORMS)) ## build every image (BASE=..., WHEELS=... for offline builds, TAG=dev)
+
+image-datatool-dagm image-datatool-kolektorsdd image-datatool-kolektorsdd2 image-datatool-synthetic: image-datatool-%: ## build one datatool image, e.g. make image-datatool-dagm
+	$(BUILD) --build-arg DATASET=$* -t $(REGISTRY)/datatool-$*:$(TAG) datatools
+
+image-asset: ## build the full asset image (train, export, serve; torch included)
+	$(BUILD) -f asset/Dockerfile -t $(REGISTRY)/asset:$(TAG) .
+
+image-x86-cuda image-x86-cpu image-jetson image-rpi4: image-%: ## build one platform image: make image-x86-cpu (arm64 ones under QEMU)
+	$(BUILD) --platform $(ARCH_$*) -f platforms/$*/Dockerfile -t $(REGISTRY)/asset:$*-$(TAG) .
+
+test-containers: setup ## build and run the real images (starts a private Docker engine as root when none is reachable)
+	$(BIN)/python -m pytest -m containers tests/containers --timeout 3600 $(ARGS)
+
+# A datatool runs in its container when an engine answers, with the host's Python otherwise (or NATIVE=1).
+DATATOOL_IMAGE = $(REGISTRY)/datatool-$*:$(TAG)
+define run_datatool
+	@if [ -z "$(NATIVE)" ] && $(DOCKER) info >/dev/null 2>&1; then \
+	  $(DOCKER) image inspect $(DATATOOL_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory image-datatool-$*; \
+	  mkdir -p "$(OUT)" && echo "== datatool-$* in its container ($(DATATOOL_IMAGE)), output in $(OUT)"; \
+	  $(DOCKER) run --rm --network none --user "$$(id -u):$$(id -g)" -e HOME=/tmp \
+	    $(if $(RAW),-v "$(abspath $(RAW)):/raw$(1)") -v "$(abspath $(OUT)):/data" \
+	    $(DATATOOL_IMAGE) $(if $(RAW),--raw /raw) --out /data $(ARGS); \
+	else \
+	  [ -n "$(NATIVE)" ] || echo "note: no Docker engine answers ($(DOCKER) info failed): converting with the host's Python instead"; \
+	  $(MAKE) --no-print-directory setup && $(BIN)/datatool convert $* $(if $(RAW),--raw "$(RAW)") --out "$(OUT)" $(ARGS); \
+	fi
+endef
+
+datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2: datatool-%: ## convert in its container: make datatool-dagm RAW=/path/to/DAGM [OUT=data] [ARGS=...] [NATIVE=1]
 	@test -n "$(RAW)" || { echo "error: set RAW=/path/to/the/raw/dataset" >&2; exit 2; }
-	$(BIN)/datatool convert dagm --raw "$(RAW)" --out "$(OUT)" $(ARGS)
+	@test -d "$(RAW)" || { echo "error: RAW=$(RAW) is not a folder" >&2; exit 2; }
+	$(call run_datatool,:ro)
 
-datatool-kolektorsdd: setup ## convert KolektorSDD: make datatool-kolektorsdd RAW=/path/to/KolektorSDD [OUT=data]
-	@test -n "$(RAW)" || { echo "error: set RAW=/path/to/the/raw/dataset" >&2; exit 2; }
-	$(BIN)/datatool convert kolektorsdd --raw "$(RAW)" --out "$(OUT)" $(ARGS)
-
-datatool-kolektorsdd2: setup ## convert KolektorSDD2: make datatool-kolektorsdd2 RAW=/path/to/KolektorSDD2 [OUT=data]
-	@test -n "$(RAW)" || { echo "error: set RAW=/path/to/the/raw/dataset" >&2; exit 2; }
-	$(BIN)/datatool convert kolektorsdd2 --raw "$(RAW)" --out "$(OUT)" $(ARGS)
-
-datatool-synthetic: setup ## generate and convert the synthetic DAGM-like set: make datatool-synthetic [RAW=keep/raw/here] [OUT=data]
-	$(BIN)/datatool convert synthetic $(if $(RAW),--raw "$(RAW)") --out "$(OUT)" $(ARGS)
-
-docker-datatools: ## build the four datatool images (needs a Docker engine)
-	for t in dagm kolektorsdd kolektorsdd2 synthetic; do \
-	  docker build -f datatools/$$t/Dockerfile -t defect/datatool-$$t datatools || exit 1; done
+datatool-synthetic: datatool-%: ## generate and convert the synthetic DAGM-like set: make datatool-synthetic [RAW=keep/raw/here] [OUT=data]
+	$(if $(RAW),@mkdir -p "$(RAW)")
+	$(call run_datatool,)
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf out .pytest_cache

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCKERFILES = [
     *sorted(REPO.glob("platforms/*/Dockerfile")),
-    *sorted(REPO.glob("datatools/*/Dockerfile")),
+    REPO / "datatools/Dockerfile",
     REPO / "asset/Dockerfile",
 ]
 
