@@ -1,7 +1,9 @@
 """The page at GET /, in a real headless browser (Debian's chromium driven by Playwright).
 
-Uploads a synthetic defective image, checks the page says "defective" and paints the overlay red, and
-keeps the screenshot in out/test-artifacts/ (and the pytest tmp dir).
+The server requires an API key: the page loads without it, says so when an image is sent without it, and
+once the key is typed in keeps it in localStorage (never in the address) and sends it as X-API-Key. Uploads a
+synthetic defective image, checks the page says "defective" and paints the overlay red, and keeps the
+screenshot in out/test-artifacts/ (and the pytest tmp dir).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from asset.predictor import Predictor
 from asset.serve import Settings, create_app
 from tests.asset.serve_helpers import LoopbackServer, exported_copy, split_images
 
+KEY = "page-k3y"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}: Debian's chromium "
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromiu
 @pytest.fixture(scope="module")
 def server(trained_model, tmp_path_factory):
     model = exported_copy(trained_model, tmp_path_factory.mktemp("page") / "model")
-    with LoopbackServer(create_app(Settings(model=str(model), threads=1))) as url:
+    with LoopbackServer(create_app(Settings(model=str(model), threads=1, api_key=KEY))) as url:
         yield url, model
 
 
@@ -47,10 +50,20 @@ def test_page_shows_defective_with_red_overlay(server, tiny_dataset, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 900, "height": 1000})
             page.goto(url + "/")
+            answered = ("document.getElementById('decision').textContent !== 'analysing…' && "
+                        "document.getElementById('decision').textContent !== ''")
+            page.set_input_files("#file", str(image))  # no key yet: the server refuses, the page says why
+            page.wait_for_function(answered, timeout=30000)
+            without_key = page.text_content("#decision")
+            page.fill("#apikey", KEY)
+            page.dispatch_event("#apikey", "change")
+            page.reload()  # the key survives in localStorage, not in the address
+            stored = page.evaluate("() => localStorage.getItem('asset.apiKey')")
+            prefilled = page.input_value("#apikey")
             page.set_input_files("#file", str(image))
-            page.wait_for_function("document.getElementById('decision').textContent !== 'analysing…' && "
-                                   "document.getElementById('decision').textContent !== ''", timeout=30000)
+            page.wait_for_function(answered, timeout=30000)
             decision = page.text_content("#decision")
+            address = page.url
             overlay_pixels = int(page.get_attribute("#canvas", "data-overlay-pixels"))
             red = page.evaluate("""() => { const c = document.getElementById('canvas');
                 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
@@ -62,5 +75,7 @@ def test_page_shows_defective_with_red_overlay(server, tiny_dataset, tmp_path):
     artifacts = REPO / "out" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, artifacts / "page-defective.png")
+    assert "API key" in without_key, without_key
+    assert stored == KEY and prefilled == KEY and KEY not in address
     assert decision == "defective", f"{sample_id}: page says {decision!r}"
     assert overlay_pixels > 0 and red > 0
