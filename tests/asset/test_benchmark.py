@@ -9,7 +9,7 @@ import pytest
 from asset.backends import backend_status
 from asset.benchmark import Row, parse_targets, to_markdown
 from asset.cli import main
-from tests.asset.backend_helpers import copy_model, shared
+from tests.asset.backend_helpers import copy_model, outlier_model, shared
 
 HEADER = "| backend | precision | batch | status | size (MB) | accuracy | IoU | p50 ms | p90 ms | p99 ms | img/s |"
 
@@ -18,8 +18,7 @@ def test_benchmark_table_and_json(tmp_path, capsys):
     m = shared()["model"]
     out = tmp_path / "bench"
     assert main(["benchmark", "--model", str(m), "--backends", "pytorch,onnxruntime,onnxruntime:int8,openvino",
-                 "--batch", "1,2", "--min-iter", "3", "--min-seconds", "0", "--max-accuracy-drop", "1",
-                 "--out", str(out)]) == 0
+                 "--batch", "1,2", "--min-iter", "3", "--min-seconds", "0", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert HEADER in table
     doc = json.loads(out.with_suffix(".json").read_text())
@@ -59,6 +58,47 @@ def test_default_run_lists_every_backend_with_a_status(tmp_path):
     reason = backend_status()["tensorrt"]
     if reason:
         assert by[("tensorrt", "fp16")]["status"] == "unavailable" and by[("tensorrt", "fp16")]["reason"] == reason
+
+
+def test_fp32_export_that_disagrees_with_pytorch_is_exported_but_wrong(tmp_path):
+    """An ONNX file whose head bias was shifted (a corrupted or stale export): it runs, but decides otherwise."""
+    import onnx
+    from onnx import numpy_helper
+
+    from asset import modeldir
+    from asset.benchmark import run_benchmark
+
+    m = copy_model(shared()["model"], tmp_path / "m")
+    path = m / "exports" / "model.onnx"
+    model = onnx.load(path)
+    head = [n for n in model.graph.node if n.op_type == "Conv"][-1]
+    bias = next(i for i in model.graph.initializer if i.name == head.input[2])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 20.0, bias.name))  # every pixel a defect
+    onnx.save(model, path)
+    modeldir.write_card(m, modeldir.read_card_unverified(m))  # checksums over the changed file
+    doc = run_benchmark(m, [("pytorch", "fp32"), ("onnxruntime", "fp32")], min_iter=2, min_seconds=0)
+    by = {r["backend"]: r for r in doc["rows"]}
+    assert by["pytorch"]["status"] == "ok" and doc["reference"] == "pytorch"
+    wrong = by["onnxruntime"]
+    assert wrong["status"] == "exported but wrong", wrong
+    assert wrong["reason"].startswith("differs from pytorch: decisions equal ")
+    assert wrong["accuracy"] < by["pytorch"]["accuracy"] and wrong["p50_ms"] > 0  # still measured
+    assert "| onnxruntime | fp32 | 1 | exported but wrong: differs from pytorch" in to_markdown(doc)
+
+
+def test_int8_export_let_through_by_a_loosened_gate_is_exported_but_wrong(tmp_path):
+    """INT8 of a model with an activation outlier, exported with the gate switched off: the benchmark, at its
+    default tolerance, still reports it."""
+    from asset.benchmark import run_benchmark
+    from asset.export import export_model
+
+    m = outlier_model(tmp_path / "m")
+    export_model(m, "onnx-int8", calib_images=8, max_accuracy_drop=1.0, log=lambda msg: None)
+    doc = run_benchmark(m, [("onnxruntime", "fp32"), ("onnxruntime", "int8")], min_iter=2, min_seconds=0)
+    by = {r["precision"]: r for r in doc["rows"]}
+    assert by["fp32"]["status"] == "ok" and by["fp32"]["accuracy"] == 1.0 and doc["reference"] == "onnxruntime"
+    assert by["int8"]["status"] == "exported but wrong", by["int8"]
+    assert by["int8"]["reason"].startswith("accuracy 1.0000 -> ") and by["int8"]["accuracy"] < 1.0
 
 
 def test_exported_but_wrong_row_in_markdown():
