@@ -1,6 +1,8 @@
-# One target per platform image. Cross-builds arm64 (Jetson, Raspberry Pi 4) under QEMU.
+# One target per platform image, one per datatool (one Dockerfile, DATASET arg). Cross-builds
+# arm64 (Jetson, Raspberry Pi 4) under QEMU. Without buildx: make images (same tags).
 #   docker buildx bake -f ci/docker-bake.hcl            # every target
 #   docker buildx bake -f ci/docker-bake.hcl rpi4       # one
+#   docker buildx bake -f ci/docker-bake.hcl --set rpi4.args.WHEELS=defect/wheels:rpi4 rpi4   # offline
 variable "REGISTRY" { default = "defect" }
 variable "TAG" { default = "dev" }
 
@@ -45,7 +47,8 @@ target "datatools" {
   name       = "datatool-${tool}"
   matrix     = { tool = ["dagm", "kolektorsdd", "kolektorsdd2", "synthetic"] }
   context    = "datatools"
-  dockerfile = "${tool}/Dockerfile"
+  dockerfile = "Dockerfile"
+  args       = { DATASET = "${tool}" }
   platforms  = ["linux/amd64", "linux/arm64"]
   tags       = ["${REGISTRY}/datatool-${tool}:${TAG}"]
 }
