@@ -116,7 +116,7 @@ def _warm(predictor, max_batch: int = 1) -> None:
     """Batch 1 twice, then one full batch: the engine's memory arena reaches its high-water mark before the first
     request (RSS then stays flat under load instead of growing the first time a full batch forms)."""
     alg = predictor.algorithm
-    h, w = alg.size_policy.size or (256, 256)
+    h, w = alg.size_policy.size or predictor.card.get("input", {}).get("train_size") or (256, 256)
     shape = (h, w) if alg.channels == 1 else (h, w, 3)
     for n in (1, 1, max_batch):
         predictor.predict([np.zeros(shape, np.uint8)] * n)

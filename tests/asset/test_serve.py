@@ -343,3 +343,10 @@ def test_settings_from_environment():
         Settings.from_env({"ASSET_MODEL": "m", "ASSET_MAX_BATCH": "lots"})
     with pytest.raises(SettingsError, match="no model"):
         Settings.from_env({})
+    limits = Settings.from_env({"ASSET_MODEL": "m", "ASSET_MAX_BATCH_PIXELS": "1000", "ASSET_MAX_INFLIGHT_PIXELS": "5000",
+                                "ASSET_MAX_PIXELS": "900", "ASSET_MAX_INPUT_FACTOR": "2.5"})
+    assert (limits.max_batch_pixels, limits.max_inflight_pixels, limits.max_input_factor) == (1000, 5000, 2.5)
+    with pytest.raises(SettingsError, match="max_inflight_pixels"):
+        Settings.from_env({"ASSET_MODEL": "m", "ASSET_MAX_INFLIGHT_PIXELS": "1000"})  # below max_pixels
+    with pytest.raises(SettingsError, match="max_input_factor"):
+        Settings(model="m", max_input_factor=0.5).check()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.asset.test_page_browser import server  # noqa: F401  (the loopback uvicorn fixture)
+from tests.asset.test_page_browser import KEY, server  # noqa: F401  (the loopback uvicorn fixture, its API key)
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
@@ -23,7 +23,7 @@ def test_no_server_errors(server, tmp_path):  # noqa: F811
     url, _ = server
     result = subprocess.run(
         [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
-         "--seed", "1", "--request-timeout", "30", "--workers", "1", "--no-color"],
+         "--seed", "1", "--request-timeout", "30", "--workers", "1", "--no-color", "--header", f"X-API-Key: {KEY}"],
         capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,  # its .schemathesis/ cache goes there
     )
     report = result.stdout[-6000:] + result.stderr[-2000:]
