@@ -10,14 +10,31 @@ Set DEFECT_CI_DOCKER_ROOT to keep the private engine's image store (layer cache)
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import subprocess
+import tarfile
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.containers.helpers import base_images, ci, engine
+from tests.containers.helpers import (
+    DOCKER,
+    REPO,
+    base_images,
+    build,
+    ci,
+    docker,
+    engine,
+    free_port,
+    image_size_mb,
+    run,
+    wait_healthy,
+    wheels_image,
+)
 
 HERE = Path(__file__).parent
 
@@ -97,3 +114,137 @@ def base_amd64(docker_env) -> str:
 def base_arm64(docker_env, arm64) -> str:
     """The same for arm64, made under QEMU."""
     return base_images.build_image("arm64", docker_env)
+
+
+# --- images: each built once per session, offline (--network none) from a cached wheelhouse ---------
+
+TAG = "ci"  # the tests' images: defect/<name>:ci, never a user's :dev
+
+
+@pytest.fixture(scope="session")
+def built():
+    """Build wall times and image sizes, printed at the end of the session (reported, never asserted)."""
+    figures: dict[str, str] = {}
+    yield figures
+    if figures:
+        print("\n== images built by the container tests:\n" + "\n".join(f"  {k}: {v}" for k, v in figures.items()))
+
+
+def _record(built, env, tag, seconds):
+    built[tag] = f"{image_size_mb(env, tag):.0f} MB, built in {seconds:.0f} s"
+
+
+@pytest.fixture(scope="session")
+def datatool_images(docker_env, base_amd64, built) -> dict[str, str]:
+    """defect/datatool-{synthetic,dagm}:ci (one Dockerfile, DATASET arg; one layer cache)."""
+    wheels = wheels_image(docker_env, "datatools", ["datatools/requirements.txt"])
+    tags = {}
+    for dataset in ("synthetic", "dagm"):
+        tag = f"defect/datatool-{dataset}:{TAG}"
+        seconds = build(docker_env, "datatools/Dockerfile", tag, context="datatools", base=base_amd64,
+                        wheels=wheels, args={"DATASET": dataset})
+        _record(built, docker_env, tag, seconds)
+        tags[dataset] = tag
+    return tags
+
+
+@pytest.fixture(scope="session")
+def asset_image(docker_env, base_amd64, built) -> str:
+    """defect/asset:ci, the full stack (torch); the slowest build, done once."""
+    wheels = wheels_image(docker_env, "asset", ["datatools/requirements.txt", "asset/requirements.txt"])
+    tag = f"defect/asset:{TAG}"
+    _record(built, docker_env, tag, build(docker_env, "asset/Dockerfile", tag, base=base_amd64, wheels=wheels))
+    return tag
+
+
+@pytest.fixture(scope="session")
+def x86_cpu_image(docker_env, base_amd64, built) -> str:
+    wheels = wheels_image(docker_env, "x86-cpu", ["asset/requirements-runtime.txt",
+                                                  "platforms/x86-cpu/requirements-openvino.txt"])
+    tag = f"defect/asset:x86-cpu-{TAG}"
+    _record(built, docker_env, tag, build(docker_env, "platforms/x86-cpu/Dockerfile", tag, base=base_amd64,
+                                          wheels=wheels))
+    return tag
+
+
+@pytest.fixture(scope="session")
+def rpi4_image(docker_env, base_arm64, built) -> str:
+    wheels = wheels_image(docker_env, "rpi4", ["asset/requirements-runtime.txt"], platform="linux/arm64")
+    tag = f"defect/asset:rpi4-{TAG}"
+    _record(built, docker_env, tag, build(docker_env, "platforms/rpi4/Dockerfile", tag, platform="linux/arm64",
+                                          base=base_arm64, wheels=wheels))
+    return tag
+
+
+# --- the workflow through docker-compose.yml: steps as session fixtures (each runs once) ----------------
+
+COMPOSE = shutil.which("docker-compose") or "docker-compose"
+TINY_TRAIN = ["--arch", "unet", "--encoder", "mobilenet_v2", "--encoder-weights", "none", "--epochs", "1",
+              "--batch-size", "4", "--no-progress", "--set", "trainer.limit_train_batches=2",
+              "--set", "trainer.limit_val_batches=1"]
+
+
+class Project:
+    """One compose project (its own volumes), torn down with its volumes at the end."""
+
+    def __init__(self, env: dict[str, str]):
+        self.name = f"defectci{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.env = {**env, "TAG": TAG, "REGISTRY": "defect", "PORT": str(self.port), "MODEL": "demo",
+                    "COMPOSE_PROJECT_NAME": self.name}
+
+    def __call__(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
+        return run([COMPOSE, "-f", str(REPO / "docker-compose.yml"), *args], self.env, timeout=timeout,
+                   check=check, cwd=REPO)
+
+    def volume(self, name: str) -> str:
+        return f"{self.name}_{name}"
+
+    def copy_out(self, volume: str, path: str, dest: Path, image: str) -> Path:
+        """Copy PATH out of a named volume (symlinks kept as they are) into DEST."""
+        cid = docker(self.env, "create", "--network", "none", "-v", f"{self.volume(volume)}:/v:ro", image).stdout.strip()
+        try:
+            tar = subprocess.run([DOCKER, "cp", f"{cid}:/v/{path}", "-"], env=self.env,
+                                 capture_output=True, check=True).stdout
+        finally:
+            docker(self.env, "rm", cid)
+        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+            archive.extractall(dest, filter="tar")
+        return dest / Path(path).name
+
+
+@pytest.fixture(scope="session")
+def project(docker_env):
+    if not shutil.which(COMPOSE):
+        pytest.fail("docker-compose is not installed (python3 ci/engine.py install)")
+    p = Project(docker_env)
+    try:
+        yield p
+    finally:
+        p("down", "--volumes", "--remove-orphans", check=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_version(project, datatool_images) -> str:
+    """`docker compose run datatool-synthetic` into the datasets volume; the version path it printed."""
+    result = project("run", "--rm", "-T", "datatool-synthetic", "--out", "/data", "--classes", "2", "--size", "64",
+                     "--train-per-class", "10", "--test-per-class", "4", "--workers", "1")
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def trained_model(project, synthetic_version, asset_image) -> str:
+    """`docker compose run asset train` (tiny) from /data/synthetic/latest, then the ONNX export."""
+    project("run", "--rm", "-T", "asset", "train", "--data", "/data/synthetic/latest", "--out", "/models/demo",
+            *TINY_TRAIN)
+    project("run", "--rm", "-T", "asset", "export", "--model", "/models/demo", "--format", "onnx")
+    return "demo"
+
+
+@pytest.fixture(scope="session")
+def serving(project, trained_model, x86_cpu_image) -> str:
+    """`docker compose up -d serve` on that model; the container id once healthy."""
+    project("up", "-d", "--no-build", "serve")
+    cid = project("ps", "-q", "serve").stdout.strip()
+    wait_healthy(project.env, cid, timeout=240)
+    return cid

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def build(env: dict[str, str], dockerfile: str, tag: str, *, context: str = ".",
     Returns the build's wall time in seconds (reported, never asserted)."""
     cmd = [DOCKER, "build", "--network", "none", "--platform", platform, "-f", dockerfile, "-t", tag]
     for key, value in {base_arg: base, "WHEELS": wheels, **(args or {})}.items():
-        if value:
+        if value is not None:
             cmd += ["--build-arg", f"{key}={value}"]
     started = time.monotonic()
     run([*cmd, context], {**env, "DOCKER_BUILDKIT": "1"}, cwd=REPO)
@@ -85,6 +86,12 @@ def wait_healthy(env: dict[str, str], container: str, timeout: float = 180) -> s
     health = docker(env, "inspect", "--format", "{{json .State.Health}}", container, check=False).stdout
     logs = docker(env, "logs", "--tail", "50", container, check=False)
     raise AssertionError(f"{container} is {status}:\n{health}\n{logs.stdout}{logs.stderr}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ci() -> bool:
