@@ -7,7 +7,8 @@ run() { docker run --rm --network none "$@"; }
 case "$target" in
   datatool-*)
     run --entrypoint datatool "$image" --help >/dev/null
-    run --entrypoint datatool -v "$PWD/ci/tmp:/data" "$image" convert synthetic --out /data \
+    mkdir -p ci/tmp
+    run --entrypoint datatool --user "$(id -u):$(id -g)" -v "$PWD/ci/tmp:/data" "$image" convert synthetic --out /data \
         --train-per-class 4 --test-per-class 2 --size 64 | tail -n 1 ;;
   x86-cuda)
     run "$image" --help >/dev/null
