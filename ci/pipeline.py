@@ -20,9 +20,11 @@ Images are tagged REGISTRY/<repo>:<platform>-<commit> and pushed with REGISTRY/<
 where <repo> and REGISTRY come from ci/docker-bake.hcl (REGISTRY=... in the environment overrides its
 default, as bake does) and <platform> is the platform image's name (x86-cpu, rpi4, ...) or, for images
 built for several architectures (datatools), the architecture (amd64, arm64).
-Environment: DOCKER (the client, default docker), PIPELINE_BUILDER (auto|bake|docker), REGISTRY,
-REGISTRY_USER/REGISTRY_PASSWORD (docker login before pushing), PIPELINE_COMMIT/PIPELINE_BRANCH,
-PIPELINE_OFFLINE=1 (build from local stand-in bases and a host-made wheelhouse: machines that cannot pull).
+Environment: DOCKER (the client; default: one that can build with BuildKit), PIPELINE_BUILDER
+(auto|bake|docker), REGISTRY, REGISTRY_USER/REGISTRY_PASSWORD (docker login before pushing),
+PIPELINE_COMMIT/PIPELINE_BRANCH, PIPELINE_BAKE_FILE (default ci/docker-bake.hcl),
+PIPELINE_BUILD_NETWORK (e.g. host), PIPELINE_OFFLINE=1 (build from local stand-in bases and a
+host-made wheelhouse, with no network: machines that cannot pull).
 Standard library only.
 """
 
@@ -44,7 +46,11 @@ import notify  # noqa: E402  (ci/ is not a package: these run as plain scripts o
 import pipeline_bake  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BAKE_FILE = Path("ci/docker-bake.hcl")
+
+
+def bake_file() -> Path:
+    """ci/docker-bake.hcl, or $PIPELINE_BAKE_FILE (relative to the repository, HCL or JSON)."""
+    return REPO / os.environ.get("PIPELINE_BAKE_FILE", "ci/docker-bake.hcl")
 
 
 class PipelineError(RuntimeError):
@@ -210,17 +216,22 @@ class Unit:
 
 def units(names: list[str] | None = None) -> list[Unit]:
     builder = os.environ.get("PIPELINE_BUILDER", "auto")
-    targets = pipeline_bake.resolve(REPO / BAKE_FILE, names or None,
+    targets = pipeline_bake.resolve(bake_file(), names or None,
                                     use_buildx=None if builder == "auto" else builder == "bake", docker=docker())
     return [Unit(t, p) for t in targets for p in (t.platforms or ["linux/amd64"])]
 
 
 def find_unit(unit_id: str) -> Unit:
-    every = units()
-    for unit in every:
+    """A unit by its id (TARGET-ARCH), whether or not its target is in the default group."""
+    target = unit_id.rpartition("-")[0]
+    try:
+        candidates = units([target]) if target else []
+    except pipeline_bake.BakeError:
+        candidates = []
+    for unit in candidates:
         if unit.id == unit_id:
             return unit
-    raise PipelineError(f"unknown unit {unit_id!r}; known: {', '.join(u.id for u in every)}")
+    raise PipelineError(f"unknown unit {unit_id!r}; known: {', '.join(u.id for u in units())}")
 
 
 def select_units(names: list[str], only: list[str]) -> list[Unit]:
@@ -276,17 +287,21 @@ def offline_build_args(unit: Unit) -> dict[str, str]:
 def build(unit: Unit, build_args: dict[str, str]) -> None:
     image = unit.commit_tag(commit_id())
     target = unit.target
+    network = os.environ.get("PIPELINE_BUILD_NETWORK")  # "host" with an engine started without a bridge
     if os.environ.get("PIPELINE_OFFLINE") == "1":
         build_args = {**offline_build_args(unit), **build_args}
+        network = "none"  # and so proven: nothing is fetched during the build
     use_bake = os.environ.get("PIPELINE_BUILDER", "auto") == "bake" or (
         os.environ.get("PIPELINE_BUILDER", "auto") == "auto" and pipeline_bake.buildx_available(docker()))
     if use_bake:
         sets = [f"{target.name}.platform={unit.platform}", f"{target.name}.tags={image}",
-                *(f"{target.name}.args.{k}={v}" for k, v in build_args.items())]
-        _run([docker(), "buildx", "bake", "-f", str(BAKE_FILE), "--load",
+                *(f"{target.name}.args.{k}={v}" for k, v in build_args.items()),
+                *([f"{target.name}.network={network}"] if network else [])]
+        _run([docker(), "buildx", "bake", "-f", str(bake_file()), "--load",
               *(x for s in sets for x in ("--set", s)), target.name], cwd=REPO)
     else:  # docker build with BuildKit (Debian's 20.10 client does it without buildx)
-        command = [docker(), "build", "--platform", unit.platform, "-f", target.dockerfile_path, "-t", image]
+        command = [docker(), "build", "--platform", unit.platform, "-f", target.dockerfile_path, "-t", image,
+                   *(["--network", network] if network else [])]
         for key, value in {**target.args, **build_args}.items():
             command += ["--build-arg", f"{key}={value}"]
         for key, value in target.labels.items():
@@ -355,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p_notify.add_argument("--lines", type=int, default=50)
     p_notify.add_argument("--pipeline-failed", action="store_true",
                           help="the CI reports a failure: mail even when no recorded stage failed")
+    sub.add_parser("commit", help="print the commit the images are tagged with")
     p_stage = sub.add_parser("stage", help="run a command as a recorded stage: stage JOB -- CMD ...")
     p_stage.add_argument("job")
     p_stage.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -375,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(text)
             if args.output:
                 _write_atomic(args.output, text)
+            return 0
+        if args.command == "commit":
+            print(commit_id())
             return 0
         if args.command == "notify":
             return notify_failures(args.lines, args.pipeline_failed)

@@ -39,6 +39,9 @@ done
 
 PY=${PYTHON:-python3}
 export PIPELINE_OUT=${PIPELINE_OUT:-out/ci}
+# One commit id for the whole run, even if HEAD moves meanwhile (-dirty: uncommitted changes are built).
+PIPELINE_COMMIT=${PIPELINE_COMMIT:-$("$PY" ci/pipeline.py commit)} || exit 2
+export PIPELINE_COMMIT
 rm -rf "$PIPELINE_OUT" && mkdir -p "$PIPELINE_OUT"
 status=0
 has() { [[ ",$stages," == *",$1,"* ]]; }
@@ -62,6 +65,7 @@ if has images; then
   if [ -s "$PIPELINE_OUT/units.txt" ] && ! "$PY" ci/engine.py status 2>/dev/null; then
     if env_lines=$("$PY" ci/pipeline.py stage engine -- "$PY" ci/engine.py up | grep '^export '); then
       eval "$env_lines"; engine_started=1
+      export PIPELINE_BUILD_NETWORK=host  # the private engine has no bridge network
     else
       status=1
     fi
