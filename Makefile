@@ -105,3 +105,7 @@ datatool-synthetic: datatool-%: ## generate and convert the synthetic DAGM-like 
 
 clean: ## remove generated outputs (keeps .venv)
 	rm -rf out .pytest_cache
+
+.PHONY: pipeline
+pipeline: ## the CI pipeline on this machine (lint, unit, images: build, test, push to a loopback registry): make pipeline [ARGS="--units x86-cpu-amd64 --offline"]
+	bash ci/run-local.sh $(ARGS)
