@@ -34,7 +34,17 @@ from asset.serve.batcher import DynamicBatcher, QueueFull
 from asset.serve.imaging import RAW_TYPES, InputError, decode_upload, header_pixels
 from asset.serve.limits import BodyLimitMiddleware, BodyTooLarge
 from asset.serve.metrics import ServerMetrics
-from asset.serve.schemas import Batching, BatchResponse, ErrorResponse, Health, ModelInfo, ModelRef, PredictionResponse, Timings
+from asset.serve.schemas import (
+    Batching,
+    BatchResponse,
+    ErrorResponse,
+    Health,
+    Limits,
+    ModelInfo,
+    ModelRef,
+    PredictionResponse,
+    Timings,
+)
 from asset.serve.settings import Settings
 
 PAGE = Path(__file__).with_name("page.html")
@@ -312,7 +322,13 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
         ready_or_503(request)
         return ModelInfo(model=request.app.state.model_ref, card=public_card(request.app.state.predictor.card),
                          batching=Batching(max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                                           queue_size=settings.queue_size))
+                                           queue_size=settings.queue_size),
+                         limits=Limits(max_body_bytes=settings.max_body_bytes, max_pixels=settings.max_pixels,
+                                       max_batch_images=settings.max_batch_images,
+                                       max_batch_pixels=settings.max_batch_pixels,
+                                       max_inflight_pixels=settings.max_inflight_pixels,
+                                       max_input_factor=settings.max_input_factor,
+                                       train_size=request.app.state.predictor.card.get("input", {}).get("train_size")))
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     async def prometheus():

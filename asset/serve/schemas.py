@@ -56,10 +56,22 @@ class Batching(BaseModel):
     queue_size: int = Field(description="requests waiting at most; beyond it: 503 with Retry-After", examples=[64])
 
 
+class Limits(BaseModel):
+    max_body_bytes: int = Field(description="larger request bodies: 413")
+    max_pixels: int = Field(description="larger images (width x height): 413")
+    max_batch_images: int = Field(description="more images in one POST /predict/batch: 413")
+    max_batch_pixels: int = Field(description="more pixels in all images of one request: 413")
+    max_inflight_pixels: int = Field(description="more decoded pixels held by all requests at once: 503 + Retry-After")
+    max_input_factor: float = Field(description="network pixels per image at most this x train_size; larger images "
+                                    "run as tiles of train_size")
+    train_size: list[int] | None = Field(description="[H, W] the model was trained at (model.json input.train_size)")
+
+
 class ModelInfo(BaseModel):
     model: ModelRef
-    card: dict = Field(description="the model directory's model.json")
+    card: dict = Field(description="the model directory's model.json, without the paths it records")
     batching: Batching
+    limits: Limits
 
 
 class ErrorResponse(BaseModel):

@@ -53,6 +53,7 @@ def test_model_route_shows_no_paths(served_model, image, tiny_dataset):
         answer = client.get("/model")
     assert answer.status_code == 200
     card = answer.json()["card"]
+    assert answer.json()["limits"]["max_batch_pixels"] == 40_000_000 and answer.json()["limits"]["train_size"] == [32, 32]
     assert "path" not in card["dataset"] and card["dataset"]["name"] == "tiny"
     for path in (str(tiny_dataset), str(served_model), str(served_model.parent)):
         assert path not in answer.text
