@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fit(net, alg, items, steps: int) -> None:
-    """Full-batch Adam on BCE + Dice over `items` (same-size images). One thread: on 32x32 tensors thread hand-offs
-    cost more than they save, and a single thread keeps the result reproducible."""
+    """Full-batch Adam on BCE + Dice over `items` (same-size images). Images up to 64x64 run on one thread: there
+    thread hand-offs cost more than they save, and one thread keeps the tests' model reproducible."""
     import torch
 
     from asset.export import data as D
@@ -35,7 +35,7 @@ def fit(net, alg, items, steps: int) -> None:
         raise ValueError(f"fit needs images at the network size, got {x.shape[2:]} for masks {y.shape[2:]}")
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1 if x.shape[2] * x.shape[3] <= 64 * 64 else threads)
     try:
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
         net.train()
@@ -52,7 +52,10 @@ def fit(net, alg, items, steps: int) -> None:
 
 
 def make_model_dir(out: Path, dataset: Path, arch: str = "unet", encoder: str = "mobilenet_v2", channels: int = 1,
-                   seed: int = 0, size: tuple[int, int] | None = None, train_steps: int = 0) -> Path:
+                   seed: int = 0, size: tuple[int, int] | None = None, train_steps: int = 0,
+                   train_dataset: Path | None = None) -> Path:
+    """`train_steps` > 0 fits the network on the train split of `train_dataset` (default: `dataset`, the one the
+    card records and exports verify on)."""
     import torch
 
     from asset import modeldir
@@ -71,7 +74,7 @@ def make_model_dir(out: Path, dataset: Path, arch: str = "unet", encoder: str = 
             **alg.to_card(), "dataset": {"name": doc["name"], "version": doc["version"], "path": str(version_dir)},
             "exports": {}}
     if train_steps:
-        fit(net, alg, D.split_items(card, "train"), train_steps)
+        fit(net, alg, D.split_items(card, "train", data=train_dataset), train_steps)
     items = D.split_items(card, "val")
     with torch.no_grad():
         fractions = sorted(

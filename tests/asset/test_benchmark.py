@@ -130,3 +130,123 @@ def test_bad_requests(tmp_path, capsys):
 def test_parse_targets():
     assert parse_targets("ort,onnxruntime:int8,trt,torch") == [("onnxruntime", "fp32"), ("onnxruntime", "int8"),
                                                                ("tensorrt", "fp16"), ("pytorch", "fp32")]
+
+
+# ----------------------------------------------------------------------------- the FLOP floor (scripts/flops.py)
+def _export(net, x, path):
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "b", 2: "h", 3: "w"}})
+
+
+def test_flop_counts_agree_with_a_hand_count(tmp_path):
+    """Conv, ConvTranspose and Gemm MACs, by hand: both counters give exactly 2 x MACs."""
+    import torch
+
+    from scripts.flops import onnx_flops, torch_flops
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                              torch.nn.ConvTranspose2d(8, 4, 2, stride=2), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 24 * 40, 5)).eval()
+    x = torch.zeros(2, 3, 12, 20)
+    macs = 2 * (8 * 12 * 20 * 3 * 9 + 8 * 12 * 20 * 2 * 9 + 8 * 12 * 20 * 4 * 4 + 5 * 4 * 24 * 40)
+    assert torch_flops(net, x) == 2 * macs
+    torch.onnx.export(net, (x,), str(tmp_path / "n.onnx"), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})
+    got = onnx_flops(tmp_path / "n.onnx", (2, 3, 12, 20))
+    assert got["flops"] == 2 * macs and set(got["by_op"]) == {"Conv", "ConvTranspose", "Gemm"}
+
+
+@pytest.mark.parametrize("arch", ["unet", "linknet"])
+def test_flop_counts_of_an_smp_model_agree(tmp_path, arch):
+    """torch.utils.flop_counter on the module and the ONNX graph's count agree within 0.1% at the input given (batch
+    and size), and scale with it: the count is of the network that runs, at the size it runs."""
+    import torch
+
+    from asset.models.factory import build_model
+    from scripts.flops import onnx_flops, torch_flops
+
+    net = build_model(arch, "mobilenet_v2", 1, "none").eval()
+    x = torch.zeros(2, 1, 64, 96)
+    _export(net, x[:1, :, :32, :32], tmp_path / "m.onnx")  # traced at another size: the count follows `shape`
+    counted = torch_flops(net, x)
+    graph = onnx_flops(tmp_path / "m.onnx", tuple(x.shape))
+    assert abs(graph["flops"] - counted) <= 0.001 * counted
+    assert torch_flops(net, x[:1]) * 2 == counted  # linear in the batch
+    assert onnx_flops(tmp_path / "m.onnx", (1, 1, 128, 192))["flops"] == pytest.approx(2 * graph["flops"], rel=0.01)
+    if arch == "linknet":
+        assert graph["by_op"]["ConvTranspose"] > 0
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Test CPU
+cpu MHz\t\t: 2000.000
+flags\t\t: fpu sse sse2 {flags}
+
+processor\t: 1
+model name\t: Test CPU
+cpu MHz\t\t: 2000.000
+flags\t\t: fpu sse sse2 {flags}
+"""
+
+
+@pytest.mark.parametrize("flags,fp32,int8", [
+    ("avx avx2 fma", 2 * 32 * 2.0, 2 * 2 * 64 * 2.0),  # 2 x 256-bit FMA; 2 x VPMADDUBSW ymm (32 MACs)
+    ("avx avx2 fma avx512f avx512bw avx512_vnni", 2 * 64 * 2.0, 2 * 2 * 128 * 2.0),
+    ("avx avx2 fma avx512f avx512bw avx512_vnni amx_tile amx_int8", 2 * 64 * 2.0, 2 * 2 * 1024 * 2.0),
+    ("avx", 2 * 16 * 2.0, 2 * 2 * 32 * 2.0),  # no FMA, no AVX2: 128-bit PMADDUBSW
+])
+def test_peak_rates_from_flags_and_clock(flags, fp32, int8):
+    from scripts.flops import peak_rates
+
+    p = peak_rates(2, CPUINFO.format(flags=flags))
+    assert p["clock_source"] == "/proc/cpuinfo cpu MHz" and p["clock_ghz"] == 2.0
+    assert p["fp32"]["gflops"] == pytest.approx(fp32) and p["int8"]["gops"] == pytest.approx(int8)
+
+
+def test_peak_clock_is_the_highest_evidence():
+    """A measured clock or a GEMM faster than the stated clock allows raises the clock: the peak never errs low."""
+    from scripts.flops import peak_rates
+
+    text = CPUINFO.format(flags="avx avx2 fma")
+    assert peak_rates(2, text, clock_ghz=3.1)["clock_ghz"] == 3.1
+    by_gemm = peak_rates(2, text, clock_ghz=1.5, gemm_gflops=2 * 32 * 2.5)  # only possible at >= 2.5 GHz
+    assert by_gemm["clock_ghz"] == 2.5 and by_gemm["clock_source"] == "implied by the fp32 GEMM"
+    with pytest.raises(ValueError, match="no clock"):
+        peak_rates(2, "processor\t: 0\nflags\t\t: avx2 fma\n")
+
+
+def test_the_floor_is_a_floor_on_this_machine():
+    """A convolution timed here never runs faster than its FLOPs at this machine's peak (a busy machine only makes
+    it slower, so this holds under any load; it fails only when the peak is underestimated)."""
+    import platform
+
+    import torch
+
+    from asset.backends import default_threads
+    from scripts.flops import gemm_gflops, measured_clock_ghz, peak_rates, torch_flops
+
+    if platform.machine() != "x86_64":
+        pytest.skip("the peak table and the clock measurement are for x86-64")
+    threads = default_threads()
+    peak = peak_rates(threads, open("/proc/cpuinfo").read(), clock_ghz=measured_clock_ghz(),
+                      gemm_gflops=gemm_gflops(threads, n=1024, seconds=0.5))
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval()
+    x = torch.randn(1, 64, 128, 128)
+    flops = torch_flops(conv, x)
+    with torch.inference_mode():
+        conv(x)
+        best = min(_seconds(lambda: conv(x)) for _ in range(5))
+    assert best >= flops / (peak["fp32"]["gflops"] * 1e9), (best, flops, peak)
+
+
+def _seconds(fn) -> float:
+    import time
+
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

@@ -1,0 +1,189 @@
+"""FLOP counts of the network that runs, and this machine's peak arithmetic rates: the "FLOP floor" of the benchmarks.
+
+Two independent counts of the same network at the same input (batch included):
+- `torch_flops`: torch.utils.flop_counter on the PyTorch module (convolutions and matrix products; a multiply-add
+  counts as 2 FLOPs);
+- `onnx_flops`: from the exported ONNX graph, its input fixed to the shape, through onnx.shape_inference: MACs of
+  every Conv, ConvTranspose, Gemm and MatMul from their shapes, x2. Element-wise ops (BN, ReLU, Add, Resize) are
+  left out by both counts; they are memory-bound and a small share of a CNN's arithmetic.
+The peak (`peak_rates`) is an upper bound of what the cores can do, so that time >= FLOPs / peak always holds:
+cores x (vector lanes x operations per cycle, from the /proc/cpuinfo flags) x clock. The clock is measured
+(`measured_clock_ghz`: a chain of dependent multiplies of known latency, best of many runs, so turbo counts), and
+never taken lower than the stated one (/proc/cpuinfo "cpu MHz", the nominal clock under a hypervisor) or the one a
+measured fp32 GEMM implies. A measured GEMM alone is no peak: BLAS libraries need not use the widest vectors a
+core has (MKL takes its AVX2 path on AMD cores), and ONNX Runtime's own kernels then beat it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+# fp32 FLOP per cycle per core (2 FMA pipes x lanes x 2), int8 multiply-adds per cycle per core, by instruction set.
+# Each is the best the ISA allows on any core that has it, so the peak errs high and the floor stays a floor.
+FP32_PER_CYCLE = (("avx512f", 64, "2 x 512-bit FMA (16 fp32 lanes) x 2 FLOP"),
+                  ("avx2+fma", 32, "2 x 256-bit FMA (8 fp32 lanes) x 2 FLOP"),
+                  ("avx", 16, "256-bit add + 256-bit multiply (8 fp32 lanes each)"),
+                  ("sse", 8, "128-bit add + 128-bit multiply (4 fp32 lanes each)"))
+INT8_MACS_PER_CYCLE = (("amx_int8", 1024, "AMX TDPBUSD: 16x16x64 = 16,384 u8*s8 MACs per 16 cycles"),
+                       ("avx512_vnni", 128, "2 x VPDPBUSD zmm: 64 u8*s8 MACs each"),
+                       ("avx_vnni", 64, "2 x VPDPBUSD ymm: 32 u8*s8 MACs each"),
+                       ("avx512bw", 128, "2 x VPMADDUBSW zmm: 64 u8*s8 MACs each (widening adds not counted)"),
+                       ("avx2", 64, "2 x VPMADDUBSW ymm: 32 u8*s8 MACs each (widening adds not counted)"),
+                       ("sse", 32, "2 x PMADDUBSW xmm: 16 u8*s8 MACs each"))
+
+
+def torch_flops(net, x) -> int:
+    """FLOPs of one forward pass of `net` on the tensor `x` (its batch and size), by torch.utils.flop_counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(x)
+    return int(counter.get_total_flops())
+
+
+def _fixed_input(model, shape: tuple[int, ...]):
+    """A copy of the ONNX model whose single graph input has the concrete `shape`."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ValueError(f"expected one graph input, found {[i.name for i in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != len(shape):
+        raise ValueError(f"input {inputs[0].name} has rank {len(dims)}, shape {shape} given")
+    for d, n in zip(dims, shape):
+        d.Clear()
+        d.dim_value = int(n)
+    return model
+
+
+def onnx_flops(path: str | Path, shape: tuple[int, ...]) -> dict:
+    """{"flops", "macs", "by_op"}: 2 x the multiply-adds of Conv / ConvTranspose / Gemm / MatMul in the ONNX file
+    at input `shape`, from shapes inferred by onnx.shape_inference (quantised graphs count alike: their Conv nodes
+    read dequantised tensors of the same shapes)."""
+    import onnx
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(_fixed_input(onnx.load(str(path)), shape), strict_mode=True, data_prop=True)
+    shapes = {}
+    for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[v.name] = [d.dim_value for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+
+    def shape_of(name: str, node) -> list[int]:
+        if name not in shapes:
+            raise ValueError(f"{node.op_type} {node.name!r}: no inferred shape for {name!r}")
+        return shapes[name]
+
+    by_op: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            w, y = shape_of(node.input[1], node), shape_of(node.output[0], node)
+            macs = int(np.prod(y)) * int(np.prod(w[1:]))  # N*Cout*Hout*Wout x (Cin/group)*kh*kw
+        elif node.op_type == "ConvTranspose":
+            x, w = shape_of(node.input[0], node), shape_of(node.input[1], node)
+            macs = int(np.prod(x)) * int(np.prod(w[1:]))  # every input pixel meets (Cout/group)*kh*kw weights
+        elif node.op_type in ("Gemm", "MatMul"):
+            a, y = shape_of(node.input[0], node), shape_of(node.output[0], node)
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[-2] if trans_a else a[-1]
+            macs = int(np.prod(y)) * k
+        else:
+            continue
+        by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
+    macs = sum(by_op.values())
+    return {"flops": 2 * macs, "macs": macs, "by_op": by_op}
+
+
+def cpu_facts(cpuinfo: str) -> dict:
+    """{"model", "flags", "mhz"} of the first processor in a /proc/cpuinfo text."""
+    first = cpuinfo.split("\n\n")[0]
+    get = lambda key: (re.search(rf"^{key}\s*:\s*(.*)$", first, re.M) or [None, ""])[1].strip()  # noqa: E731
+    mhz = get("cpu MHz")
+    return {"model": get("model name"), "flags": set(get("flags").split()), "mhz": float(mhz) if mhz else None}
+
+
+def _best(table, flags: set[str]) -> tuple[str, int, str]:
+    """The fastest row whose instruction sets the flags list (SSE: any x86-64)."""
+    rows = [r for r in table if r[0] == "sse" or all(n in flags for n in r[0].split("+"))]
+    return max(rows, key=lambda r: r[1])
+
+
+def peak_rates(cores: int, cpuinfo: str, clock_ghz: float | None = None, gemm_gflops: float | None = None) -> dict:
+    """Peak fp32 FLOP/s and int8 OP/s (a MAC = 2 OP) of `cores` cores, and how they were derived.
+
+    The clock is the highest of: the measured one (`measured_clock_ghz`), the stated one (/proc/cpuinfo; under a
+    hypervisor the nominal clock, not the turbo one) and the one a measured fp32 GEMM implies (rate / (cores x fp32
+    FLOP per cycle): the cores ran at least that fast). Each can only be too low, so the highest is the best bound."""
+    facts = cpu_facts(cpuinfo)
+    fp_isa, fp_cycle, fp_why = _best(FP32_PER_CYCLE, facts["flags"])
+    i8_isa, i8_cycle, i8_why = _best(INT8_MACS_PER_CYCLE, facts["flags"])
+    clocks = {"measured (multiply chain)": clock_ghz or 0.0, "/proc/cpuinfo cpu MHz": (facts["mhz"] or 0.0) / 1000,
+              "implied by the fp32 GEMM": (gemm_gflops or 0.0) / (cores * fp_cycle)}
+    source, ghz = max(clocks.items(), key=lambda kv: kv[1])
+    if ghz <= 0:
+        raise ValueError("no clock: none measured, /proc/cpuinfo states no 'cpu MHz' and no GEMM rate was given")
+    return {"cpu": facts["model"], "cores": cores, "clock_ghz": round(ghz, 3), "clock_source": source,
+            "clocks_ghz": {k: round(v, 3) for k, v in clocks.items()}, "gemm_gflops": gemm_gflops,
+            "fp32": {"isa": fp_isa, "flop_per_cycle_core": fp_cycle, "how": fp_why,
+                     "gflops": cores * fp_cycle * ghz},
+            "int8": {"isa": i8_isa, "macs_per_cycle_core": i8_cycle, "how": i8_why,
+                     "gops": cores * 2 * i8_cycle * ghz}}
+
+
+# x86-64 System V function f(n): n iterations of 8 dependent `imul rax, rax` (3 cycles latency each on every
+# x86-64 core since Core 2 and Zen; no core can shorten a multiply chain), i.e. exactly 24 cycles per iteration.
+_IMUL_CHAIN = bytes.fromhex("4889f9" "31c0" + "480fafc0" * 8 + "48ffc9" "75db" "c3")
+_CYCLES_PER_ITERATION = 24
+
+
+def measured_clock_ghz(iterations: int = 400_000, runs: int = 30) -> float | None:
+    """The clock this core really runs at (turbo included), from the best of `runs` timed multiply chains; a run
+    the scheduler interrupts only looks slower, so the best run is the clock. None where it cannot run (not
+    x86-64, or executable memory refused)."""
+    import ctypes
+    import mmap
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, ValueError):
+        return None
+    page.write(_IMUL_CHAIN)
+    chain = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint64)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    chain(1000)
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        chain(iterations)
+        best = min(best, time.perf_counter() - t)
+    del chain
+    return iterations * _CYCLES_PER_ITERATION / best / 1e9
+
+
+def gemm_gflops(threads: int, n: int = 2048, seconds: float = 3.0) -> float:
+    """Best rate (GFLOP/s) of torch's fp32 n x n matrix product on `threads` threads, over `seconds`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    torch.mm(a, b)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
