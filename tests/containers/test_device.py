@@ -125,6 +125,23 @@ def test_pull_start_and_predict(docker_env, pushed, model, port):
     assert abs(got["defect_fraction"] - expected.defect_fraction) < 1e-6
 
 
+def test_the_image_benchmarks_speed_without_the_dataset(docker_env, pushed, model, tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    out.chmod(0o777)  # the image's user (uid 1000) writes there
+    docker(docker_env, "run", "--rm", "--network", "none", "-v", f"{model}:/models/model:ro", "-v", f"{out}:/out",
+           f"{pushed}/asset:x86-cpu-t1", "benchmark", "--model", "/models/model", "--speed-only", "--size", "64x64",
+           "--batch", "1,2", "--min-iter", "3", "--min-seconds", "0.1", "--out", "/out/x86-cpu")
+    doc = json.loads((out / "x86-cpu.json").read_text())
+    assert doc["schema"] == "asset-benchmark-speed/1" and doc["input"]["size"] == [64, 64]
+    assert doc["device"]["description"] and "torch" not in doc["machine"]["versions"]
+    by = {(r["backend"], r["precision"], r["batch"]): r for r in doc["rows"]}
+    for key in (("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 2), ("onnxruntime", "int8", 1),
+                ("openvino", "fp32", 1)):
+        assert by[key]["status"] == "ok" and by[key]["ms"] > 0 and by[key]["fps"] > 0, by[key]
+    assert by[("pytorch", "fp32", 1)]["status"] == "unavailable"  # no torch in the edge image
+
+
 def test_a_second_start_is_refused(docker_env, pushed, model, port):
     r = device(docker_env, "--model", str(model), "--registry", pushed, "--tag", "t1", "--port", str(port))
     assert r.returncode == 1 and f"a container named {NAME} exists already" in r.stderr, r.stderr
