@@ -1,9 +1,9 @@
-"""scripts/device.py against a real engine: the x86-CPU image, built from its Dockerfile, is pushed to a loopback
-registry; the program pulls it from there, starts the server on a model directory and waits until it is ready;
-/predict answers as the host's Predictor does; --update swaps in a newer image keeping the model mount, and a
-broken newer image leaves the previous container running. Then the bad inputs that need an engine: a registry
-that does not answer, an image of the wrong architecture, a model without an ONNX export, a server that never
-becomes ready; nothing is left started by any of them."""
+"""scripts/device.py against a real engine: the x86-CPU image, built from its Dockerfile (session fixture), is
+pushed to a loopback registry; the program pulls it from there, starts the server on a model directory and waits
+until it is ready; /predict answers as the host's Predictor does; --update swaps in a newer image keeping the model
+mount, and a broken newer image leaves the previous container running. The image benchmarks speed without the
+dataset. Then the bad inputs that need an engine: a registry that does not answer, an image of the wrong
+architecture, a model without an ONNX export, a server that never becomes ready; nothing is left started."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.containers.helpers import REPO, build, docker, wheels_image
+from tests.containers.helpers import REPO, docker
 
 SCRIPT = REPO / "scripts" / "device.py"
 NAME = "defect-device-test"
-REQUIREMENTS = ["asset/requirements-runtime.txt", "platforms/x86-cpu/requirements-openvino.txt"]
 
 
 def free_port() -> int:
@@ -78,15 +77,12 @@ def model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pushed(docker_env, registry, base_amd64):
-    """REGISTRY/defect/asset:x86-cpu-t1: the real x86-cpu image, no longer present locally (a real pull)."""
-    local = "defect-ci/asset:x86-cpu-device"
-    build(docker_env, "platforms/x86-cpu/Dockerfile", local, base=base_amd64,
-          wheels=wheels_image(docker_env, "x86-cpu", REQUIREMENTS))
+def pushed(docker_env, registry, x86_cpu_image):
+    """REGISTRY/defect/asset:x86-cpu-t1: the x86-cpu image (built from its Dockerfile by the session fixture) plus
+    one small layer that is then removed here, so that the program really downloads a layer from the registry."""
     namespace = f"{registry}/defect"
-    docker(docker_env, "tag", local, f"{namespace}/asset:x86-cpu-t1")
-    docker(docker_env, "push", f"{namespace}/asset:x86-cpu-t1")
-    docker(docker_env, "rmi", f"{namespace}/asset:x86-cpu-t1", local)
+    derived(docker_env, x86_cpu_image, f"{namespace}/asset:x86-cpu-t1", "RUN echo t1 > /tmp/device-test")
+    docker(docker_env, "rmi", f"{namespace}/asset:x86-cpu-t1")
     yield namespace
     for name in containers(docker_env):
         docker(docker_env, "rm", "-f", name, check=False)
