@@ -107,13 +107,20 @@ def arm64(docker_env):
 @pytest.fixture(scope="session")
 def base_amd64(docker_env) -> str:
     """Stand-in for python:3.11-slim (debootstrap bookworm + Python 3.11), cached between runs."""
-    return base_images.build_image("amd64", docker_env)
+    return _base("amd64", docker_env)
 
 
 @pytest.fixture(scope="session")
 def base_arm64(docker_env, arm64) -> str:
     """The same for arm64, made under QEMU."""
-    return base_images.build_image("arm64", docker_env)
+    return _base("arm64", docker_env)
+
+
+def _base(arch: str, env: dict[str, str]) -> str:
+    try:
+        return base_images.build_image(arch, env)
+    except SystemExit as exc:  # the script's own message: no root for debootstrap, no mirror, ...
+        _unavailable(f"no {arch} base stand-in: {exc}")
 
 
 # --- images: each built once per session, offline (--network none) from a cached wheelhouse ---------

@@ -4,6 +4,7 @@ Jetson image has an aarch64 wheel for JetPack 7's Python (3.12)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import cv2
@@ -89,3 +90,14 @@ def _pin(name: str) -> str:
         if line.startswith(f"{name}=="):
             return line.split("==", 1)[1].strip()
     raise AssertionError(f"{name} is not pinned in requirements-jetson.txt")
+
+
+def test_rpi4_image_benchmarks_without_the_dataset(project, trained_model, rpi4_image):
+    """The device's figures without the training dataset (emulated here, so only the run is checked)."""
+    out = docker(project.env, "run", "--rm", "--network", "none", "--platform", "linux/arm64",
+                 "-v", f"{project.volume('models')}:/models:ro", "--entrypoint", "sh", rpi4_image, "-c",
+                 f"asset benchmark --model /models/{trained_model} --speed-only --size 64x64 --min-iter 2 "
+                 "--min-seconds 0.1 --out /tmp/rpi4 >/dev/null && cat /tmp/rpi4.json").stdout
+    report = json.loads(out)
+    assert report["schema"] == "asset-benchmark-speed/1"
+    assert any(row["backend"] == "onnxruntime" and row["status"] == "ok" for row in report["rows"])

@@ -47,7 +47,7 @@ def test_served_mask_equals_the_host_predictor(project, serving, trained_model, 
 
     model = project.copy_out("models", trained_model, tmp_path / "m", datatool_images["synthetic"])
     data = project.copy_out("datasets", "synthetic", tmp_path / "d", datatool_images["synthetic"])
-    image = sorted(((data / "latest").resolve() / "images").iterdir())[0]
+    image = sorted(p for p in ((data / "latest").resolve() / "images").rglob("*") if p.is_file())[0]
     response = httpx.post(f"http://127.0.0.1:{project.port}/predict", files={"image": image.read_bytes()}, timeout=60)
     assert response.status_code == 200, response.text
     answer = response.json()
