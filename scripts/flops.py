@@ -147,10 +147,11 @@ _IMUL_CHAIN = bytes.fromhex("4889f9" "31c0" + "480fafc0" * 8 + "48ffc9" "75db" "
 _CYCLES_PER_ITERATION = 24
 
 
-def measured_clock_ghz(iterations: int = 400_000, runs: int = 30) -> float | None:
+def measured_clock_ghz(iterations: int = 10_000, runs: int = 4000) -> float | None:
     """The clock this core really runs at (turbo included), from the best of `runs` timed multiply chains; a run
-    the scheduler interrupts only looks slower, so the best run is the clock. None where it cannot run (not
-    x86-64, or executable memory refused)."""
+    the scheduler (or a hypervisor) interrupts only looks slower, so the best run is the clock. Runs are short
+    (240k cycles, ~0.1 ms) so that some fall between interruptions on a busy machine. None where it cannot run
+    (not x86-64, or executable memory refused)."""
     import ctypes
     import mmap
     import platform
