@@ -168,8 +168,8 @@ def bench_model(arch: str, encoder: str, dataset: Path, fit_dataset: Path, root:
         rows.append((f"{name}: ONNX Runtime INT8 vs FP32 (speed-up, goal >= 1.5x; {acc} on val, default accuracy "
                      f"gate)", ms["ort_int8"], ms["ort_ours"], ms["ort_ours"] / ms["ort_int8"]))
     else:
-        print(f"| {name}: ONNX Runtime INT8: export refused by the default accuracy gate "
-              f"({int8_e['refused'][:300]}) | - | - | - |")
+        rows.append((f"{name}: ONNX Runtime INT8: export refused by the default accuracy gate "
+                     f"({int8_e['refused'][:300]})", None, None, None))
     rows.append((f"{name}: OpenVINO vs ONNX Runtime FP32 (speed-up)", ms["openvino"], ms["ort_ours"],
                  ms["ort_ours"] / ms["openvino"]))
     gflop = f"{flops / 1e9:.1f} GFLOP, ONNX graph {graph['flops'] / 1e9:.1f}"
@@ -232,7 +232,7 @@ def main() -> None:
             rows += r
             details.append(d)
     for what, ours, base, ratio in rows:
-        print(f"| {what} | {ours:.1f} ms | {base:.1f} ms | {ratio:.2f}x |")
+        print(f"| {what} | - | - | - |" if ours is None else f"| {what} | {ours:.1f} ms | {base:.1f} ms | {ratio:.2f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine_info(), "threads": threads, "peak": peak, "batch": 1,
            "rows": [{"what": w, "ours_ms": o, "baseline_ms": b, "ratio": r} for w, o, b, r in rows],
