@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_REPO = "asset"  # ${REGISTRY}/asset:<platform>-<tag>, as in ci/docker-bake.hcl
+IMAGE_REPO = "asset"  # ${REGISTRY}/asset:<platform>-<tag> (ci/docker-bake.hcl); the pipeline also pushes latest-<platform>
 DEFAULT_REGISTRY = "defect"
 DEFAULT_TAG = "latest"
 DEFAULT_NAME = "defect-asset"
@@ -39,6 +39,12 @@ MODEL_MOUNT = "/models/model"
 CONTAINER_PORT = 8000
 MIN_L4T = 38  # the Jetson image is JetPack 7 (L4T r38, Python 3.12): see platforms/jetson/Dockerfile
 LABEL = "org.defect-detection.device"  # marks containers this program started; JSON of their settings
+
+
+def image_ref(registry: str, platform: str, tag: str) -> str:
+    """The pipeline (ci/pipeline.py) pushes REGISTRY/asset:<platform>-<commit> and REGISTRY/asset:latest-<platform>."""
+    suffix = f"latest-{platform}" if tag == DEFAULT_TAG else f"{platform}-{tag}"
+    return f"{registry.rstrip('/')}/{IMAGE_REPO}:{suffix}"
 
 
 class DeviceError(RuntimeError):
@@ -432,7 +438,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--registry", default=os.environ.get("DEFECT_REGISTRY", DEFAULT_REGISTRY),
                    help="registry/namespace of the images (env DEFECT_REGISTRY; default %(default)s)")
     p.add_argument("--tag", default=os.environ.get("DEFECT_TAG", DEFAULT_TAG),
-                   help="tag suffix: REGISTRY/asset:PLATFORM-TAG (env DEFECT_TAG; default %(default)s)")
+                   help="REGISTRY/asset:PLATFORM-TAG, e.g. a commit the pipeline pushed; 'latest' means REGISTRY/asset:latest-PLATFORM "
+                        "(env DEFECT_TAG; default %(default)s)")
     p.add_argument("--platform", choices=list(PLATFORMS), help="platform image (default: detected)")
     p.add_argument("--port", type=int, help="port on this host (default 8000)")
     p.add_argument("--name", default=DEFAULT_NAME, help="container name (default %(default)s)")
@@ -477,7 +484,7 @@ def make_plan(args, engine_arch: str | None, runtimes, previous: dict | None = N
     model_dir = Path(model_dir).resolve()
     card = read_model(model_dir)
     backend, precision, key = choose_backend(plat, model_dir, card)
-    return Plan(device, plat, f"{args.registry.rstrip('/')}/{IMAGE_REPO}:{name}-{args.tag}", args.name, model_dir,
+    return Plan(device, plat, image_ref(args.registry, name, args.tag), args.name, model_dir,
                 backend, precision, key, args.port or prev.get("port") or 8000,
                 args.network or prev.get("network") or "bridge", args.restart or prev.get("restart") or
                 "unless-stopped", args.timeout)

@@ -112,7 +112,7 @@ def test_dry_run_on_a_jetson_serves_the_engine_with_the_nvidia_runtime(tmp_path)
     r = run_script("--model", str(model), "--root", str(root), "--machine", "aarch64", "--dry-run",
                    "--network", "host", "--restart", "always")
     assert r.returncode == 0, r.stderr
-    assert "image:     defect/asset:jetson-latest" in r.stdout
+    assert "image:     defect/asset:latest-jetson" in r.stdout
     assert "--runtime nvidia --restart always --network host" in r.stdout
     assert "--backend tensorrt --precision fp16 --host 0.0.0.0 --port 8000 --device cuda" in r.stdout
 
