@@ -158,11 +158,9 @@ def test_bad_input_refused_before_work(args, needle, tiny_dataset, tmp_path, cap
     args = [a.format(missing=tmp_path / "nope", broken=broken / "x") for a in args]
     base = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "m"), "--encoder-weights", "none",
             "--no-progress"]
-    t = time.time()
     assert main(base + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and needle in err, err
-    assert time.time() - t < 20
     assert not (tmp_path / "m" / "checkpoints").exists()
 
 
