@@ -295,11 +295,11 @@ def to_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(doc: dict, out: Path) -> tuple[Path, Path]:
-    """OUT.md and OUT.json (atomic)."""
+def write_results(doc: dict, out: Path, render=to_markdown) -> tuple[Path, Path]:
+    """OUT.md (the document rendered by `render`) and OUT.json (atomic)."""
     out = Path(out)
     md, js = out.with_suffix(".md"), out.with_suffix(".json")
-    modeldir.write_text_atomic(md, to_markdown(doc))
+    modeldir.write_text_atomic(md, render(doc))
     modeldir.write_json_atomic(js, doc)
     return md, js
 
@@ -415,12 +415,8 @@ def speed_markdown(doc: dict) -> str:
 
 
 def write_speed(doc: dict, out: Path) -> tuple[Path, Path]:
-    """OUT.md and OUT.json (atomic)."""
-    out = Path(out)
-    md, js = out.with_suffix(".md"), out.with_suffix(".json")
-    modeldir.write_text_atomic(md, speed_markdown(doc))
-    modeldir.write_json_atomic(js, doc)
-    return md, js
+    """OUT.md and OUT.json of a speed-only run."""
+    return write_results(doc, out, render=speed_markdown)
 
 
 __all__ = ["BACKENDS", "machine_info", "parse_size", "parse_targets", "run_benchmark", "run_speed", "to_markdown",

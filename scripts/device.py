@@ -438,8 +438,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--registry", default=os.environ.get("DEFECT_REGISTRY", DEFAULT_REGISTRY),
                    help="registry/namespace of the images (env DEFECT_REGISTRY; default %(default)s)")
     p.add_argument("--tag", default=os.environ.get("DEFECT_TAG", DEFAULT_TAG),
-                   help="REGISTRY/asset:PLATFORM-TAG, e.g. a commit the pipeline pushed; 'latest' means REGISTRY/asset:latest-PLATFORM "
-                        "(env DEFECT_TAG; default %(default)s)")
+                   help="REGISTRY/asset:PLATFORM-TAG, e.g. a commit the pipeline pushed; "
+                        "'latest' means REGISTRY/asset:latest-PLATFORM (env DEFECT_TAG; default %(default)s)")
     p.add_argument("--platform", choices=list(PLATFORMS), help="platform image (default: detected)")
     p.add_argument("--port", type=int, help="port on this host (default 8000)")
     p.add_argument("--name", default=DEFAULT_NAME, help="container name (default %(default)s)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,22 @@ class LoopbackServer:
         self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
+
+
+@contextmanager
+def serve_process(argv: list[str], env: dict, log: Path, port: int, cwd: Path, timeout: float = 60):
+    """`asset serve` as a real process (argv after the interpreter) on 127.0.0.1:port; yields (url, proc, log).
+    Fails the test with the server's log when it does not become ready; kills it afterwards."""
+    import pytest
+
+    proc = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=cwd,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_until_ready(url, timeout, alive=lambda: proc.poll() is None):
+            pytest.fail(f"`asset serve` did not become ready:\n{log.read_text()}")
+        yield url, proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

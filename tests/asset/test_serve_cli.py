@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.asset.serve_helpers import exported_copy, free_port, split_images, wait_until_ready
+from tests.asset.serve_helpers import exported_copy, free_port, serve_process, split_images
 
 REPO = Path(__file__).resolve().parents[2]
 # Runs `asset serve` with torch, Lightning and SMP unimportable: any import of them raises ImportError.
@@ -38,16 +38,8 @@ def server(trained_model, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ASSET_MODEL": str(model), "ASSET_API_KEY": "k3y",
            "ASSET_THREADS": "1", "ASSET_MAX_BATCH": "4", "ASSET_QUEUE_SIZE": "16"}
     log = tmp_path_factory.mktemp("cli-log") / "server.log"
-    proc = subprocess.Popen([sys.executable, "-c", NO_TORCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    if not wait_until_ready(url, 60, alive=lambda: proc.poll() is None):
-        proc.kill()
-        pytest.fail(f"`asset serve` did not become ready:\n{log.read_text()}")
-    yield url, proc, log
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+    with serve_process([sys.executable, "-c", NO_TORCH, "serve"], env, log, port, REPO) as s:
+        yield s
 
 
 def test_serves_without_torch_configured_by_environment(server, tiny_dataset):

@@ -4,7 +4,6 @@ a request by a pixel budget. Unit tests of the tiling, then `asset serve` as a r
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from pycocotools import mask as coco_mask
 from asset.algorithm import Algorithm, AlgorithmError, SizePolicy
 from asset.predictor import Predictor
 from asset.tiling import Tiler, axis_starts, train_size, upsample_blocks
-from tests.asset.serve_helpers import exported_copy, free_port, png_bytes, split_images, wait_until_ready
+from tests.asset.serve_helpers import exported_copy, free_port, png_bytes, serve_process, split_images
 
 REPO = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
@@ -125,16 +124,8 @@ def server(trained_model, tmp_path_factory):
         if var != "ASSET_THREADS":
             env.pop(var)
     log = tmp_path_factory.mktemp("limits-log") / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "asset.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    if not wait_until_ready(url, 60, alive=lambda: proc.poll() is None):
-        proc.kill()
-        pytest.fail(f"`asset serve` did not become ready:\n{log.read_text()}")
-    yield url, proc, log
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+    with serve_process([sys.executable, "-m", "asset.cli", "serve", "--model", str(model)], env, log, port, REPO) as s:
+        yield s
 
 
 def answer_of(response: httpx.Response) -> tuple:
