@@ -13,7 +13,7 @@ import sys
 
 import asset
 
-COMMANDS = ["train", "evaluate", "export", "benchmark", "serve"]
+COMMANDS = ["train", "evaluate", "export", "benchmark", "serve", "sweep", "report"]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -26,7 +26,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [AlgorithmError, ConfigError, ModelDirError, ModelConfigError]
     for mod, name in (("datatools.errors", "DatasetError"), ("asset.training.data", "DataError"),
                       ("asset.training.train", "TrainError"), ("asset.export.formats", "ExportError"),
-                      ("asset.backends.base", "BackendError")):
+                      ("asset.backends.base", "BackendError"),
+                      ("asset.sweep.grid", "SweepError"), ("asset.report.collect", "ReportError")):
         m = sys.modules.get(mod)
         if m is not None:
             errors.append(getattr(m, name))
