@@ -49,15 +49,18 @@ lint: setup ## ruff over the Python code
 
 # Containers. Builds need BuildKit (RUN --mount): Docker >= 23, or DOCKER_BUILDKIT=1 with 20.10
 # (a client that refuses BuildKit without buildx can be swapped: make images DOCKER=/usr/bin/docker).
+# NETWORK=none proves an offline build (with WHEELS); ci/engine.py's engine has no default bridge.
 DOCKER    ?= docker
 REGISTRY  ?= defect
 TAG       ?= dev
 BASE      ?=
 WHEELS    ?=
 NATIVE    ?=
+NETWORK   ?=
 DATASETS  := dagm kolektorsdd kolektorsdd2 synthetic
 PLATFORMS := x86-cuda x86-cpu jetson rpi4
-BUILD      = DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(WHEELS),--build-arg WHEELS=$(WHEELS))
+BUILD      = DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(NETWORK),--network $(NETWORK)) \
+             $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(WHEELS),--build-arg WHEELS=$(WHEELS))
 ARCH_x86-cuda := linux/amd64
 ARCH_x86-cpu  := linux/amd64
 ARCH_jetson   := linux/arm64
@@ -109,3 +112,8 @@ clean: ## remove generated outputs (keeps .venv)
 .PHONY: pipeline
 pipeline: ## the CI pipeline on this machine (lint, unit, images: build, test, push to a loopback registry): make pipeline [ARGS="--units x86-cpu-amd64 --offline"]
 	bash ci/run-local.sh $(ARGS)
+
+.PHONY: sweep-demo
+SWEEP ?= out/sweep-demo
+sweep-demo: setup ## a small real sweep (6 mobile-encoder models on the synthetic set, CPU, ~20 min) and its report: make sweep-demo [SWEEP=out/sweep-demo]
+	HF_HUB_OFFLINE=1 PATH="$(abspath $(BIN)):$$PATH" SWEEP="$(SWEEP)" bash scripts/sweep_demo.sh

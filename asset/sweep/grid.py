@@ -12,7 +12,7 @@ import yaml
 from asset.config import ConfigError, deep_merge, load_default, parse_override, set_key, validate_config
 
 SPEC_FILE = "sweep.yaml"
-SPEC_KEYS = ("archs", "encoders", "train", "datasets", "benchmark", "export")
+SPEC_KEYS = ("archs", "encoders", "train", "per_encoder", "datasets", "benchmark", "export")
 BENCHMARK_DEFAULTS = {"backends": ["pytorch"], "batch": 1, "size": None, "device": "sweep-host",
                       "min_iter": 5, "min_seconds": 1.0, "max_seconds": 10.0}
 
@@ -30,10 +30,12 @@ class SweepSpec:
     benchmark: dict = field(default_factory=lambda: dict(BENCHMARK_DEFAULTS))
     export: list[str] = field(default_factory=list)  # formats exported (and benchmarked) after training
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, applied last
+    per_encoder: dict = field(default_factory=dict)  # encoder -> train settings (e.g. its encoder_weights)
 
     def to_dict(self) -> dict:
         return {"archs": self.archs, "encoders": self.encoders, "train": self.train, "datasets": self.datasets,
-                "benchmark": self.benchmark, "export": self.export, "overrides": self.overrides}
+                "per_encoder": self.per_encoder, "benchmark": self.benchmark, "export": self.export,
+                "overrides": self.overrides}
 
 
 @dataclass(frozen=True)
@@ -82,20 +84,24 @@ def load_spec(path: str | Path | None = None, archs: str | None = None, encoders
     bench["backends"] = _csv(bench["backends"])
     spec = SweepSpec(archs=_csv(archs) or _csv(doc.get("archs")), encoders=_csv(encoders) or _csv(doc.get("encoders")),
                      train=doc.get("train") or {}, datasets=doc.get("datasets") or {}, benchmark=bench,
-                     export=_csv(doc.get("export")), overrides=list(doc.get("overrides") or []) + list(overrides or []))
+                     export=_csv(doc.get("export")), per_encoder=doc.get("per_encoder") or {},
+                     overrides=list(doc.get("overrides") or []) + list(overrides or []))
     if not spec.archs or not spec.encoders:
         raise SweepError("the grid is empty: give --archs and --encoders (comma-separated) or a sweep file with "
                          "archs: [...] and encoders: [...]")
     for name, over in spec.datasets.items():
         if not isinstance(over, dict) or set(over) - {"train", "test_data"}:
             raise SweepError(f"datasets.{name}: expected a mapping with train: {{...}} and/or test_data: DIR")
-    training_config(spec, "check", "unet", "mobilenet_v2", "unused")  # bad keys fail now, not after hours
+    for enc in [None, *spec.per_encoder]:  # bad keys fail now, not after hours
+        training_config(spec, "check", "unet", enc or "mobilenet_v2", "unused")
     return spec
 
 
 def training_config(spec: SweepSpec, dataset: str, arch: str, encoder: str, data_path: str) -> dict:
-    """asset train's config for one model: defaults <- shared train <- the dataset's train <- --set <- the model."""
+    """asset train's config for one model: defaults <- shared train <- the encoder's <- the dataset's <- --set."""
     cfg = deep_merge(load_default(), spec.train, "train.")
+    if spec.per_encoder.get(encoder):
+        cfg = deep_merge(cfg, spec.per_encoder[encoder], f"per_encoder.{encoder}.")
     over = (spec.datasets.get(dataset) or {}).get("train")
     if over:
         cfg = deep_merge(cfg, over, f"datasets.{dataset}.train.")
