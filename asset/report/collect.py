@@ -48,6 +48,7 @@ class Collected:
     columns: list[str] = field(default_factory=list)  # device columns "LABEL:BACKEND[-PRECISION]", in order
     cells: dict[tuple[tuple[str, str, str], str], Cell] = field(default_factory=dict)
     cross: dict[str, str] = field(default_factory=dict)  # dataset -> dataset whose test split is "test"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (dataset/arch--encoder, why it cannot work)
 
 
 def _num(v) -> float | None:
@@ -82,14 +83,17 @@ def read_sweep(sweep_dir: Path, verify: bool = True) -> Collected:
     out = Collected()
     grid: set[tuple[str, str]] = set()
     try:
+        from asset.sweep.grid import SweepSpec, expand
+
         spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
-        for name, d in (spec.get("datasets") or {}).items():
+        datasets = spec.get("datasets") or {}
+        for name, d in datasets.items():
             if isinstance(d, dict) and d.get("test_data"):
                 out.cross[name] = d["test_data"]
-            for a in spec["spec"]["archs"]:
-                for e in spec["spec"]["encoders"]:
-                    grid.add((name, f"{a}--{e}"))
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        jobs, skipped = expand(SweepSpec(**spec["spec"]), [(n, int(d.get("channels", 3))) for n, d in datasets.items()])
+        grid = {(j.dataset, j.name) for j in jobs}
+        out.skipped = [(j.key, why) for j, why in skipped]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as exc:
         out.left_out.append(f"{sweep_dir}/sweep.yaml missing or unreadable ({type(exc).__name__}): models that "
                             "never started cannot be listed")
     seen = set()

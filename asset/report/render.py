@@ -83,7 +83,7 @@ def build(c: Collected, budget_ms: float | None = None, device: str | None = Non
     ref_col = resolve_device(c, reference) if reference else (c.columns[0] if c.columns else None)
     b = Builder()
     data: dict = {"columns": c.columns, "reference": ref_col, "datasets": {}, "failed": c.failed,
-                  "left_out": c.left_out}
+                  "skipped": c.skipped, "left_out": c.left_out}
     b.add("h1", "Sweep report")
     b.add("p", f"Inference time: ms per image at batch 1 (median), one column per device and backend; reference "
                f"device for the speed table: {ref_col or 'none'}. Accuracy: image-level, IoU: dataset pixel IoU.")
@@ -92,6 +92,9 @@ def build(c: Collected, budget_ms: float | None = None, device: str | None = Non
     if c.failed:
         b.add("h2", "Failed models")
         b.add("ul", [f"{k}: {why}" for k, why in c.failed])
+    if c.skipped:
+        b.add("h2", "Skipped combinations")
+        b.add("ul", [f"{k}: {why}" for k, why in c.skipped])
     if c.left_out:
         b.add("h2", "Left out")
         b.add("ul", list(c.left_out))

@@ -272,7 +272,8 @@ def test_report_from_damaged_sweep_says_what_it_left_out(sweep, tmp_path, capsys
     assert "x.json: unknown schema 'someone-else/3'" in left
     assert "y.json: model fpn/resnet34 is not in the sweep" in left
     assert "conflicting figures for unet/mobilenet_v2 (tiny) on rpi4:onnxruntime" in left
-    assert "left out:" in err
+    assert "left out:" in err and "dpt" not in left  # skipped, not missing
+    assert data["skipped"][0][0] == "tiny/dpt--mobilenet_v2"
     ds = data["datasets"]["tiny"]
     assert [r[5] for r in ds["top_accuracy"]["rows"]] == ["MobileNetV2-Unet"]
     row = ds["top_accuracy"]["rows"][0]
