@@ -56,11 +56,12 @@ def sweep(tmp_path_factory):
     """Runs the sweep as described in the module doc; returns its paths and what was seen on the way."""
     root = tmp_path_factory.mktemp("sweep")
     data = make_dataset(root)
+    other = make_dataset(root / "other", n_train=6, n_test=10, seed=1, name="tiny2")  # cross-dataset test set
     cfg = root / "sweep.yaml"
     cfg.write_text(SWEEP_FILE)
     out = root / "s"
     seen: dict = {}
-    args = ["sweep", "--data", str(data), "--out", str(out), "--config", str(cfg)]
+    args = ["sweep", "--data", str(data), "--out", str(out), "--config", str(cfg), "--test-data", str(other)]
     # shard 1/2 in a real process, killed while deeplabv3 trains (after pan failed: the failure did not stop it)
     log = root / "shard1.log"
     with open(log, "w") as fh:
@@ -112,6 +113,7 @@ def test_sweep_killed_mid_way_resumes_and_shards_split_the_grid(sweep, capsys):
         res = json.loads((out / "tiny" / f"{name}--mobilenet_v2" / "result.json").read_text())
         assert res["status"] == "done", res.get("reason")
         assert 0 <= res["metrics"]["test"]["accuracy"] <= 1 and res["metrics"]["test"]["images"] == 12
+        assert res["metrics"]["cross_test"]["images"] == 10 and res["metrics"]["cross_test"]["dataset"]["name"] == "tiny2"
         assert res["metrics"]["val"]["accuracy"] is not None
         assert [r["backend"] for r in res["benchmark"]["rows"]] == ["pytorch"]
         assert res["benchmark"]["rows"][0]["p50_ms"] > 0
@@ -195,7 +197,7 @@ def _expected(out: Path) -> dict:
         res = json.loads((jdir / "result.json").read_text())
         bench = json.loads((jdir / "model" / "evaluations" / "benchmark-sweep.json").read_text())
         m = res["metrics"]
-        exp[shown] = {"test": m["test"]["accuracy"], "test_iou": m["test"]["pixel_iou"], "val": m["val"]["accuracy"],
+        exp[shown] = {"test": m["cross_test"]["accuracy"], "test_iou": m["cross_test"]["pixel_iou"], "val": m["val"]["accuracy"],
                       "val_iou": m["val"]["pixel_iou"], "host": bench["rows"][0]["p50_ms"],
                       "rpi4": RPI4[f"{name}--mobilenet_v2"]}
     return exp
@@ -223,6 +225,7 @@ def test_report_tables_cell_by_cell(sweep, tmp_path, capsys):
     by_ms = sorted(exp, key=lambda n: (exp[n]["host"], n))
     assert ds["top_speed"]["rows"] == [_row(i + 1, n, exp[n]) for i, n in enumerate(by_ms)]
     md = (rep / "report.md").read_text()
+    assert "Test columns: tiny2 test (cross-dataset protocol)." in md
     for row in ds["top_accuracy"]["rows"]:
         assert "| " + " | ".join(row) + " |" in md
     tests = sorted(e["test"] for e in exp.values())
@@ -280,3 +283,20 @@ def test_report_from_damaged_sweep_says_what_it_left_out(sweep, tmp_path, capsys
     assert row[7] == "- [1]" and ds["footnotes"][0].startswith("conflicting figures")
     md = (rep / "report.md").read_text()
     assert "## Left out" in md and "[1] conflicting figures" in md
+
+
+def test_training_settings_layering(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("archs: [unet]\nencoders: [mobilenet_v2, resnet18]\n"
+                   "train: {trainer: {max_epochs: 7}, optimizer: {lr: 0.01}}\n"
+                   "per_encoder: {resnet18: {model: {encoder_weights: none}, optimizer: {lr: 0.02}}}\n"
+                   "datasets: {ksdd: {train: {optimizer: {lr: 0.03}}, test_data: /x}}\n")
+    from asset.sweep.grid import training_config
+
+    spec = load_spec(cfg, overrides=["trainer.max_epochs=9"])
+    a = training_config(spec, "dagm", "unet", "mobilenet_v2", "/d")
+    assert (a["trainer"]["max_epochs"], a["optimizer"]["lr"], a["model"]["encoder_weights"]) == (9, 0.01, "imagenet")
+    b = training_config(spec, "dagm", "unet", "resnet18", "/d")
+    assert (b["optimizer"]["lr"], b["model"]["encoder_weights"], b["model"]["encoder"]) == (0.02, "none", "resnet18")
+    c = training_config(spec, "ksdd", "linknet", "resnet18", "/d")
+    assert (c["optimizer"]["lr"], c["model"]["arch"], c["data"]["path"]) == (0.03, "linknet", "/d")
