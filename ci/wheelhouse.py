@@ -80,14 +80,17 @@ def download(platform: str, python: str, requirements: list[Path], dest: Path | 
     return folder
 
 
-def pack(folder: Path, tag: str, env: dict[str, str] | None = None) -> str:
-    """A FROM-scratch image holding the wheels at /, for `--build-arg WHEELS=tag` (cached by tag)."""
+def pack(folder: Path, tag: str, env: dict[str, str] | None = None, platform: str = "linux/amd64") -> str:
+    """A FROM-scratch image holding the wheels at /, for `--build-arg WHEELS=tag` (cached by tag).
+
+    Labelled with the platform of the image it is for: a build for linux/arm64 looks for an arm64
+    `wheels` stage and would try to pull anything else."""
     env = {**(env or os.environ), "DOCKER_BUILDKIT": "1"}
     if subprocess.run([DOCKER, "image", "inspect", tag], env=env, capture_output=True).returncode == 0:
         return tag
     dockerfile = "FROM scratch\nCOPY *.whl /\n"
-    result = subprocess.run([DOCKER, "build", "-q", "-t", tag, "-f", "-", str(folder)], input=dockerfile,
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run([DOCKER, "build", "-q", "--platform", platform, "-t", tag, "-f", "-", str(folder)],
+                            input=dockerfile, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"wheelhouse: packing {folder} as {tag} failed:\n{result.stderr[-3000:]}")
     return tag
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = download(args.platform, args.python, args.requirements, args.out)
     print(folder)
     if args.image:
-        print(pack(folder, args.image))
+        print(pack(folder, args.image, platform=args.platform))
     return 0
 
 

@@ -25,12 +25,12 @@ from tests.containers.helpers import (
     DOCKER,
     REPO,
     base_images,
-    build,
     ci,
     docker,
     engine,
     free_port,
     image_size_mb,
+    make_image,
     run,
     wait_healthy,
     wheels_image,
@@ -148,8 +148,7 @@ def datatool_images(docker_env, base_amd64, built) -> dict[str, str]:
     tags = {}
     for dataset in ("synthetic", "dagm"):
         tag = f"defect/datatool-{dataset}:{TAG}"
-        seconds = build(docker_env, "datatools/Dockerfile", tag, context="datatools", base=base_amd64,
-                        wheels=wheels, args={"DATASET": dataset})
+        seconds = make_image(docker_env, f"image-datatool-{dataset}", tag, base_amd64, wheels, TAG)
         _record(built, docker_env, tag, seconds)
         tags[dataset] = tag
     return tags
@@ -160,7 +159,7 @@ def asset_image(docker_env, base_amd64, built) -> str:
     """defect/asset:ci, the full stack (torch); the slowest build, done once."""
     wheels = wheels_image(docker_env, "asset", ["datatools/requirements.txt", "asset/requirements.txt"])
     tag = f"defect/asset:{TAG}"
-    _record(built, docker_env, tag, build(docker_env, "asset/Dockerfile", tag, base=base_amd64, wheels=wheels))
+    _record(built, docker_env, tag, make_image(docker_env, "image-asset", tag, base_amd64, wheels, TAG))
     return tag
 
 
@@ -169,8 +168,7 @@ def x86_cpu_image(docker_env, base_amd64, built) -> str:
     wheels = wheels_image(docker_env, "x86-cpu", ["asset/requirements-runtime.txt",
                                                   "platforms/x86-cpu/requirements-openvino.txt"])
     tag = f"defect/asset:x86-cpu-{TAG}"
-    _record(built, docker_env, tag, build(docker_env, "platforms/x86-cpu/Dockerfile", tag, base=base_amd64,
-                                          wheels=wheels))
+    _record(built, docker_env, tag, make_image(docker_env, "image-x86-cpu", tag, base_amd64, wheels, TAG))
     return tag
 
 
@@ -178,8 +176,7 @@ def x86_cpu_image(docker_env, base_amd64, built) -> str:
 def rpi4_image(docker_env, base_arm64, built) -> str:
     wheels = wheels_image(docker_env, "rpi4", ["asset/requirements-runtime.txt"], platform="linux/arm64")
     tag = f"defect/asset:rpi4-{TAG}"
-    _record(built, docker_env, tag, build(docker_env, "platforms/rpi4/Dockerfile", tag, platform="linux/arm64",
-                                          base=base_arm64, wheels=wheels))
+    _record(built, docker_env, tag, make_image(docker_env, "image-rpi4", tag, base_arm64, wheels, TAG))
     return tag
 
 

@@ -60,12 +60,23 @@ def build(env: dict[str, str], dockerfile: str, tag: str, *, context: str = ".",
     return elapsed
 
 
+def make_image(env: dict[str, str], target: str, image: str, base: str, wheels: str, tag: str) -> float:
+    """`make image-...` (what a user runs), offline from a wheelhouse; returns the wall time in seconds."""
+    started = time.monotonic()
+    run(["make", "--no-print-directory", target, f"DOCKER={DOCKER}", "REGISTRY=defect", f"TAG={tag}",
+         f"BASE={base}", f"WHEELS={wheels}", "NETWORK=none"], env, cwd=REPO)
+    elapsed = time.monotonic() - started
+    docker(env, "image", "inspect", image)  # the target tagged the image the tests use
+    print(f"\nmade {image} ({target}) in {elapsed:.0f} s", file=sys.stderr)
+    return elapsed
+
+
 def wheels_image(env: dict[str, str], name: str, requirements: list[str], platform: str = "linux/amd64",
                  python: str = "3.11") -> str:
     """The wheelhouse for these requirements, downloaded once (cached) and packed as an image."""
     folder = wheelhouse.download(platform, python, [REPO / r for r in requirements])
     tag = f"defect-ci/wheels:{name}-{folder.name.rsplit('-', 1)[-1]}"
-    return wheelhouse.pack(folder, tag, env)
+    return wheelhouse.pack(folder, tag, env, platform)
 
 
 def image_size_mb(env: dict[str, str], tag: str) -> float:
