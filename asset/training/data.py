@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from asset.algorithm import Algorithm, Meta, load_image, load_mask
 
@@ -146,7 +146,7 @@ class DefectDataModule(_lightning().LightningDataModule):
 
     def __init__(self, data_dir: str | os.PathLike, algorithm: Algorithm, batch_size: int = 8,
                  num_workers: int | str = "auto", augment: dict | None = None, seed: int = 0,
-                 eval_batch_size: int | None = None) -> None:
+                 eval_batch_size: int | None = None, oversample: float | None = None) -> None:
         super().__init__()
         self.version_dir, self.doc = open_dataset(data_dir)
         self.algorithm = algorithm
@@ -155,6 +155,7 @@ class DefectDataModule(_lightning().LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment or {}
         self.seed = int(seed)
+        self.oversample = None if oversample is None else float(oversample)
         self.datasets: dict[str, SegmentationDataset] = {}
 
     def samples(self, split: str) -> list[Sample]:
@@ -189,15 +190,31 @@ class DefectDataModule(_lightning().LightningDataModule):
             return default_workers(ds._cache is not None)
         return int(self.num_workers)
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, batch_size: int, sampler=None) -> DataLoader:
         ds = self._dataset(split)
         workers = self._workers(ds)
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=gen,
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=workers, generator=None if sampler is not None else gen,
                           persistent_workers=False, drop_last=False)
 
+    def train_sampler(self) -> WeightedRandomSampler | None:
+        """With `oversample` = p: defective images make up p of the images drawn (with replacement), one epoch
+        still being len(train) images. Why: with 10% defective images and thin defects, plain shuffling gives
+        batches with no defect pixel at all and the network learns to predict nothing (issue 12)."""
+        if self.oversample is None:
+            return None
+        flags = np.array([s.defective for s in self._dataset("train").samples])
+        n_def = int(flags.sum())
+        if n_def == 0 or n_def == len(flags):
+            return None  # nothing to rebalance
+        weights = np.where(flags, self.oversample / n_def, (1.0 - self.oversample) / (len(flags) - n_def))
+        gen = torch.Generator().manual_seed(self.seed)
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(flags),
+                                     replacement=True, generator=gen)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        return self._loader("train", True, self.batch_size, sampler=self.train_sampler())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.eval_batch_size)

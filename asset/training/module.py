@@ -8,7 +8,8 @@ from torch import nn
 
 
 def build_loss(name: str, bce_weight: float = 0.5) -> nn.Module:
-    """jaccard (IoU loss, as in the paper) | dice | bce | bce_jaccard | bce_dice, from SMP's losses."""
+    """jaccard (IoU loss, as in the paper) | dice | bce | bce_jaccard | bce_dice | focal_dice, from SMP's losses.
+    `bce_weight` weighs the pixel term (BCE or focal) of the combined losses."""
     from segmentation_models_pytorch import losses
 
     name = name.lower()
@@ -21,9 +22,11 @@ def build_loss(name: str, bce_weight: float = 0.5) -> nn.Module:
         return dice
     if name == "bce":
         return bce
+    if name == "focal_dice":
+        return CombinedLoss(losses.FocalLoss(mode="binary"), dice, bce_weight)
     region = {"bce_jaccard": jaccard, "bce_dice": dice}.get(name)
     if region is None:
-        raise ValueError(f"unknown loss {name!r}; valid: jaccard, dice, bce, bce_jaccard, bce_dice")
+        raise ValueError(f"unknown loss {name!r}; valid: jaccard, dice, bce, bce_jaccard, bce_dice, focal_dice")
     return CombinedLoss(bce, region, bce_weight)
 
 
@@ -74,9 +77,14 @@ def build_scheduler(optimizer, cfg: dict, total_steps: int, lr: float):
     raise ValueError(f"unknown scheduler {name!r}; valid: none, cosine, step, onecycle")
 
 
+MONITORS = ("val/iou", "val/ap", "val/ap_iou")
+
+
 class SegmentationModule(L.LightningModule):
-    """Trains `net` (images -> logits N x 1 x H x W). Logs train/loss, val/loss and val/iou (dataset-level
-    pixel IoU at pixel threshold `pixel_threshold`, the checkpoint monitor)."""
+    """Trains `net` (images -> logits N x 1 x H x W). Logs train/loss, val/loss, val/iou (dataset-level pixel IoU
+    at pixel threshold `pixel_threshold`), val/ap (average precision of the image score, the predicted defect
+    fraction as in asset/algorithm.py; NaN when val lacks OK or defective images) and val/ap_iou (their mean,
+    val/iou alone when AP is NaN): the checkpoint monitors (MONITORS)."""
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: dict, scheduler: dict,
                  pixel_threshold: float = 0.5) -> None:
@@ -88,6 +96,8 @@ class SegmentationModule(L.LightningModule):
         self.pixel_threshold = float(pixel_threshold)
         self._inter = 0.0
         self._union = 0.0
+        self._scores: list = []
+        self._labels: list = []
 
     def forward(self, x):
         return self.net(x)
@@ -106,15 +116,20 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._inter = torch.zeros((), device=self.device)
         self._union = torch.zeros((), device=self.device)
+        self._scores, self._labels = [], []
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch
         logits = self.net(x)
         loss = self.loss(logits, y)
-        pred = torch.sigmoid(logits) >= self.pixel_threshold
+        prob = torch.sigmoid(logits)
+        pred = prob >= self.pixel_threshold
         gt = y > 0.5
         self._inter = self._inter + (pred & gt).sum()
         self._union = self._union + (pred | gt).sum()
+        # the image score of asset/algorithm.py: defect fraction, ties broken by the maximum probability
+        self._scores.append(pred.flatten(1).float().mean(1) + 1e-6 * prob.flatten(1).amax(1))
+        self._labels.append(gt.flatten(1).any(1))
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -123,7 +138,18 @@ class SegmentationModule(L.LightningModule):
             inter = self.all_gather(inter).sum()
             union = self.all_gather(union).sum()
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        scores = torch.cat(self._scores) if self._scores else torch.zeros(0, device=self.device)
+        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.bool, device=self.device)
+        if self.trainer.world_size > 1:
+            scores, labels = self.all_gather(scores).flatten(), self.all_gather(labels).flatten()
+        ap = torch.tensor(float("nan"), device=self.device)
+        if 0 < int(labels.sum()) < labels.numel():
+            from torchmetrics.functional.classification import binary_average_precision
+
+            ap = binary_average_precision(scores.double(), labels.long()).float()
         self.log("val/iou", iou, prog_bar=True)
+        self.log("val/ap", ap, prog_bar=True)
+        self.log("val/ap_iou", iou if torch.isnan(ap) else (ap + iou) / 2)
 
     def configure_optimizers(self):
         opt = build_optimizer(self.net.parameters(), self.optimizer_cfg)

@@ -1,7 +1,9 @@
 """`train(cfg, out_dir)`: a plain function (tests call it directly); the CLI only builds `cfg`.
 
 MODEL_DIR while training: config.yaml (resolved), checkpoints/{last,best}.ckpt, logs/{csv,tensorboard}/.
-At the end: weights.pt (best checkpoint by val IoU), the image threshold calibrated on val, model.json
+At the end: weights.pt (best checkpoint by `checkpoint.monitor`, default the mean of val AP and val IoU), the
+image threshold calibrated on `thresholds.image_calibration` (default train+val, so that more than the handful of
+defective val images sets it; their count goes into the card, with a warning when too few), model.json
 and SHA256SUMS (see asset/modeldir.py). `resume_dir` continues an interrupted run from last.ckpt.
 Checkpoints are checksummed when written and verified, then loaded as data only (weights_only=True), when
 read (asset/training/checkpoints.py): a foreign or altered checkpoint is refused before it can run anything.
@@ -73,10 +75,52 @@ def size_policy_for(cfg: dict, doc: dict, divisor: int) -> SizePolicy:
     return SizePolicy(mode=d["size_mode"], divisor=divisor, size=size)
 
 
+CALIBRATION_SPLITS = {"val": ("val",), "train+val": ("train", "val")}
+
+
+def check_training_keys(cfg: dict) -> None:
+    """The keys of issue 12 (oversampling, checkpoint monitor, calibration splits), checked before any work."""
+    from asset.training.module import MONITORS
+
+    over = cfg["data"].get("oversample")
+    if over is not None and (isinstance(over, bool) or not isinstance(over, int | float) or not 0 < over < 1):
+        raise ConfigError(f"data.oversample must be null or a share in (0, 1), e.g. 0.5; got {over!r}")
+    monitor = cfg["checkpoint"]["monitor"]
+    if monitor not in MONITORS:
+        raise ConfigError(f"checkpoint.monitor must be one of {list(MONITORS)}, got {monitor!r}")
+    t = cfg["thresholds"]
+    if t["image_calibration"] not in CALIBRATION_SPLITS:
+        raise ConfigError(f"thresholds.image_calibration must be one of {list(CALIBRATION_SPLITS)}, "
+                          f"got {t['image_calibration']!r}")
+    n = t["min_calibration_defects"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"thresholds.min_calibration_defects must be an integer >= 0, got {n!r}")
+
+
+def calibrate(records_by_split: dict, min_defects: int) -> dict:
+    """The image threshold from the records of the calibration splits, with how many images set it and a warning
+    when fewer than `min_defects` of them are defective (a threshold set by a handful of defects does not carry
+    over to new images: issue 12)."""
+    records = [r for recs in records_by_split.values() for r in recs]
+    value, accuracy = calibrate_image_threshold([r.fraction for r in records], [r.defective for r in records])
+    defective = sum(r.defective for r in records)
+    warning = None
+    if defective < min_defects:
+        warning = (f"image threshold calibrated on only {defective} defective image(s) (fewer than {min_defects}): "
+                   "it may not hold on new images; add defective images or check it on more data "
+                   "(asset evaluate --image-threshold)")
+    return {"split": "+".join(records_by_split), "objective": "accuracy", "value": value, "accuracy": accuracy,
+            "images": len(records), "defective_images": defective, "ok_images": len(records) - defective,
+            "per_split": {k: {"images": len(v), "defective_images": sum(r.defective for r in v)}
+                          for k, v in records_by_split.items()},
+            "warning": warning}
+
+
 def prepare(cfg: dict, out_dir: Path, resume: bool = False) -> dict:
     """Every check that can fail before training: config, dataset, model combination, weights, output dir.
     Returns the objects train() needs."""
     validate_config(cfg)
+    check_training_keys(cfg)
     out_dir = Path(out_dir)
     if not resume:
         if (out_dir / modeldir.CARD).exists() or (out_dir / "checkpoints").exists():
@@ -156,16 +200,18 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     net, algorithm = parts["net"], parts["algorithm"]
     d = cfg["data"]
     dm = DefectDataModule(parts["version_dir"], algorithm, d["batch_size"], d["num_workers"], d["augment"],
-                          cfg["seed"], d["eval_batch_size"])
+                          cfg["seed"], d["eval_batch_size"], oversample=d["oversample"])
     module = SegmentationModule(net, build_loss(cfg["loss"]["name"], cfg["loss"]["bce_weight"]), cfg["optimizer"],
                                 cfg["scheduler"], cfg["thresholds"]["pixel"])
-    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/iou", mode="max",
+    monitor = cfg["checkpoint"]["monitor"]
+    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_top_k=1, save_last=True, enable_version_counter=False)
+    history = _val_history_callback()
     t = dict(cfg["trainer"])
     if t.get("deterministic"):
         t["deterministic"] = "warn" if t.get("accelerator") not in ("cpu",) else True
     trainer = L.Trainer(
-        default_root_dir=out_dir, callbacks=[ckpt], plugins=[checkpoint_io()],
+        default_root_dir=out_dir, callbacks=[ckpt, history], plugins=[checkpoint_io()],
         logger=[_appending_csv_logger(CSVLogger, out_dir),
                 TensorBoardLogger(out_dir, name="logs", version="tensorboard")],
         **t,
@@ -188,9 +234,12 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     if not best_path.is_file():
         best_path = last
     try:
-        state = load_checkpoint(best_path)["state_dict"]
+        best_ckpt = load_checkpoint(best_path)
     except CheckpointError as exc:
         raise TrainError(str(exc)) from None
+    state = best_ckpt["state_dict"]
+    best_epoch = int(best_ckpt.get("epoch", trainer.current_epoch))
+    best_row = history.rows.get(best_epoch, {})
     net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(net_state)
     net.eval()
@@ -199,9 +248,13 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     from asset.evaluation import compute_metrics, evaluate_samples, torch_runner
 
     runner = torch_runner(net)
-    val = dm.samples("val")
-    records = evaluate_samples(runner, algorithm, val, d["eval_batch_size"])
-    calibrated, cal_acc = calibrate_image_threshold([r.fraction for r in records], [r.defective for r in records])
+    by_split = {split: evaluate_samples(runner, algorithm, dm.samples(split), d["eval_batch_size"])
+                for split in CALIBRATION_SPLITS[cfg["thresholds"]["image_calibration"]]}
+    records = by_split["val"]
+    calibration = calibrate(by_split, cfg["thresholds"]["min_calibration_defects"])
+    calibrated = calibration["value"]
+    if calibration["warning"]:
+        _say(out_dir, f"warning: {calibration['warning']}")
     fixed = cfg["thresholds"]["image"]
     image_threshold = float(fixed) if fixed is not None else calibrated
     algorithm.image_threshold = image_threshold
@@ -225,7 +278,11 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
             "epochs": trainer.current_epoch, "max_epochs": cfg["trainer"]["max_epochs"],
             "global_steps": trainer.global_step, "seconds_this_session": round(elapsed, 1), "resumed": resume,
             "best_checkpoint": Path(best_path).name,
-            "best_val_iou": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+            "best_val_iou": _best_iou(best_row, ckpt, monitor),
+            "monitor": monitor, "best_epoch": best_epoch,
+            "best_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+            "oversample": d["oversample"],
+            "val_history": [{"epoch": e, **r} for e, r in sorted(history.rows.items())],
             "loss": cfg["loss"]["name"], "optimizer": cfg["optimizer"], "scheduler": cfg["scheduler"],
             "seed": cfg["seed"], "config": CONFIG_FILE,
         },
@@ -235,13 +292,49 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     }
     # the network input size of training: the server bounds what one image may cost by it (asset/tiling.py)
     card["input"]["train_size"] = parts["train_size"]
-    card["thresholds"]["image_calibration"] = {
-        "split": "val", "objective": "accuracy", "value": calibrated, "accuracy": cal_acc,
-        "overridden": fixed is not None,
-    }
+    card["thresholds"]["image_calibration"] = {**calibration, "overridden": fixed is not None}
     _say(out_dir, f"model written to {out_dir}")  # before the checksums: train.log is covered by them
     modeldir.write_card(out_dir, card)
     return card
+
+
+def _best_iou(row: dict, ckpt, monitor: str) -> float | None:
+    """val/iou of the kept epoch (the monitor itself when it is val/iou)."""
+    if row.get("iou") is not None:
+        return row["iou"]
+    if monitor == "val/iou" and ckpt.best_model_score is not None:
+        return float(ckpt.best_model_score)
+    return None
+
+
+def _val_history_callback():
+    from lightning.pytorch.callbacks import Callback
+
+    class ValHistory(Callback):
+        """val/iou, val/ap per epoch, kept in the checkpoints (a resumed run keeps the earlier epochs): the card
+        shows whether an epoch collapsed (IoU ~0) and the IoU of the epoch the monitor kept."""
+
+        def __init__(self) -> None:
+            self.rows: dict[int, dict] = {}
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking:
+                return
+            m = trainer.callback_metrics
+
+            def value(key):
+                v = m.get(key)
+                return None if v is None or not bool(v.isfinite()) else round(float(v), 6)
+
+            self.rows[int(trainer.current_epoch)] = {"iou": value("val/iou"), "ap": value("val/ap")}
+
+        def state_dict(self) -> dict:
+            return {"rows": {str(k): v for k, v in self.rows.items()}}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.rows = {int(k): v for k, v in state.get("rows", {}).items()}
+
+    return ValHistory()
 
 
 def _appending_csv_logger(CSVLogger, out_dir: Path):
