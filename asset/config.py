@@ -92,7 +92,7 @@ def _positive_int(name: str, value, minimum: int = 1):
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-LOSSES = ("jaccard", "dice", "bce", "bce_jaccard", "bce_dice")
+LOSSES = ("jaccard", "dice", "bce", "bce_jaccard", "bce_dice", "focal_dice")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
 
