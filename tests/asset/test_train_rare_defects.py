@@ -1,0 +1,78 @@
+"""Training for rare defects: oversampling of defective images, the focal+Dice loss, the checkpoint monitor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asset.algorithm import Algorithm, SizePolicy
+from asset.cli import main
+from asset.training.data import DefectDataModule
+from asset.training.module import build_loss
+from tests.asset.conftest import FAST
+from tests.asset.helpers import make_dataset
+
+
+@pytest.fixture(scope="module")
+def rare_dataset(tmp_path_factory):
+    """40 train images, half defective: oversampling to 0.8 must show in the draws."""
+    return make_dataset(tmp_path_factory.mktemp("rare"), n_train=60, n_test=4, size=32, name="rare")
+
+
+def _module(data, oversample):
+    algo = Algorithm(1, SizePolicy("pad", 32, None), [0.5], [0.5], 0.5, 0.0)
+    return DefectDataModule(data, algo, batch_size=8, num_workers=0, seed=3, oversample=oversample)
+
+
+def test_oversampling_draws_the_asked_share_of_defective_images(rare_dataset):
+    dm = _module(rare_dataset, 0.8)
+    flags = np.array([s.defective for s in dm.samples("train")])
+    sampler = dm.train_sampler()
+    draws = np.array([i for _ in range(50) for i in sampler])  # 50 epochs
+    assert len(draws) == 50 * len(flags)
+    share = flags[draws].mean()
+    assert flags.mean() == pytest.approx(0.5, abs=0.1) and share == pytest.approx(0.8, abs=0.03)
+    assert len(set(draws.tolist())) == len(flags)  # every image is still drawn
+    # the loader draws through the sampler, and the same seed gives the same order
+    loader_ids = [int(i) for _, _, idx in dm.train_dataloader() for i in idx]
+    again = [int(i) for _, _, idx in _module(rare_dataset, 0.8).train_dataloader() for i in idx]
+    assert loader_ids == again and len(loader_ids) == len(flags)
+    assert _module(rare_dataset, None).train_sampler() is None
+
+
+@pytest.mark.parametrize("name", ["focal_dice", "bce_dice", "jaccard"])
+def test_losses_prefer_the_right_mask(name):
+    loss = build_loss(name)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:7, 3:12] = 1  # a thin defect
+    right = (target * 2 - 1) * 6
+    assert loss(right, target) < loss(torch.zeros_like(right), target) < loss(-right, target)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("data.oversample", "1.5", "data.oversample"), ("checkpoint.monitor", "val/loss", "checkpoint.monitor"),
+    ("thresholds.image_calibration", "test", "thresholds.image_calibration"),
+    ("thresholds.min_calibration_defects", "-1", "min_calibration_defects"),
+])
+def test_bad_keys_are_refused_before_training(rare_dataset, tmp_path, capsys, key, value, message):
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(rare_dataset), "--out", str(out), *FAST, "--set", f"{key}={value}"]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_train_with_oversampling_and_ap_monitor(rare_dataset, tmp_path):
+    from asset import modeldir
+
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(rare_dataset), "--out", str(out), "--epochs", "2", "--loss", "focal_dice",
+                 *FAST, "--set", "data.oversample=0.7", "--set", "checkpoint.monitor=val/ap",
+                 "--set", "thresholds.image_calibration=val"]) == 0
+    card = modeldir.verify(out)
+    t = card["training"]
+    assert t["oversample"] == 0.7 and t["loss"] == "focal_dice" and t["monitor"] == "val/ap"
+    aps = [r["ap"] for r in t["val_history"]]
+    assert len(aps) == 2 and t["best_score"] == pytest.approx(max(aps), abs=1e-5)
+    assert aps[t["best_epoch"]] == pytest.approx(max(aps), abs=1e-5)
+    cal = card["thresholds"]["image_calibration"]
+    assert cal["split"] == "val" and cal["images"] == card["dataset"]["splits"]["val"]["images"]
