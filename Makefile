@@ -117,3 +117,8 @@ pipeline: ## the CI pipeline on this machine (lint, unit, images: build, test, p
 SWEEP ?= out/sweep-demo
 sweep-demo: setup ## a small real sweep (6 mobile-encoder models on the synthetic set, CPU, ~20 min) and its report: make sweep-demo [SWEEP=out/sweep-demo]
 	HF_HUB_OFFLINE=1 PATH="$(abspath $(BIN)):$$PATH" SWEEP="$(SWEEP)" bash scripts/sweep_demo.sh
+
+.PHONY: train-dagm train-kolektorsdd train-kolektorsdd2
+train-dagm train-kolektorsdd train-kolektorsdd2: train-%: setup ## train the dataset's recipe (asset/configs/DATASET.yaml, 25 min on 2 CPU cores): make train-kolektorsdd DATA=data/kolektorsdd/latest [TRAIN_OUT=models/kolektorsdd] [ARGS="--set trainer.max_time=null"]
+	@test -n "$(DATA)" || { echo "error: set DATA=ROOT/NAME/VERSION (a dataset made by datatool convert)" >&2; exit 2; }
+	HF_HUB_OFFLINE=1 $(BIN)/asset train --config asset/configs/$*.yaml --data "$(DATA)" --out "$(or $(TRAIN_OUT),models/$*)" $(ARGS)
