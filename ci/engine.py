@@ -155,8 +155,12 @@ class Engine:
         if pid:
             _stop(pid, "dockerd")
             log(f"engine stopped (pid {pid})")
-        for name in ("dockerd.spawned",):
-            (self.state / name).unlink(missing_ok=True)
+        (self.state / "dockerd.spawned").unlink(missing_ok=True)
+        # dockerd leaves its default network namespace bind-mounted in the exec root.
+        for line in Path("/proc/mounts").read_text().splitlines():
+            target = line.split()[1]
+            if target.startswith(f"{self.state}/"):
+                subprocess.run(["umount", target], capture_output=True)
 
 
 class Registry:
