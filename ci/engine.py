@@ -221,21 +221,117 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+AARCH64_MAGIC = r"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
+AARCH64_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+# onnxruntime 1.32's aarch64 wheel segfaults at import under QEMU 7.2 (Debian bookworm's qemu-user-static);
+# QEMU 10 (Debian trixie's qemu-user, statically linked) runs it. Older emulators are replaced for this kernel.
+MIN_QEMU = (8, 0)
+NEWER_QEMU_SUITE = "trixie"
+
+
+def qemu_version(exe: str | Path) -> tuple[int, int] | None:
+    """(major, minor) that a qemu-user binary prints, or None when it does not run."""
+    try:
+        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = out.split()
+    if "version" not in words:
+        return None
+    numbers = words[words.index("version") + 1].split(".")
+    try:
+        return int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _debian_mirror() -> str:
+    """The Debian archive this machine's apt already uses (its sources, not a name written here)."""
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split()
+            if path.suffix == ".sources" and words[:1] == ["URIs:"]:
+                uris = [u for u in words[1:] if not u.rstrip("/").endswith("-security")]
+            elif words[:1] == ["deb"]:
+                uris = [u for u in words[1:] if "://" in u and not u.rstrip("/").endswith("-security")]
+            else:
+                continue
+            if uris:
+                return uris[0].rstrip("/")
+    raise EngineError("no Debian archive in /etc/apt/sources*: cannot fetch a newer qemu-user")
+
+
+def newer_qemu() -> Path:
+    """A qemu-aarch64 >= MIN_QEMU: Debian trixie's static qemu-user, fetched with apt into the cache once."""
+    cache = Path(os.environ.get("DEFECT_CI_CACHE") or Path.home() / ".cache/defect-ci") / "qemu"
+    exe = cache / "qemu-aarch64"
+    if exe.exists() and (qemu_version(exe) or (0, 0)) >= MIN_QEMU:
+        return exe
+    with tempfile.TemporaryDirectory(prefix="defect-qemu-") as tmp:
+        work = Path(tmp)
+        (work / "lists/partial").mkdir(parents=True)
+        (work / "cache/archives/partial").mkdir(parents=True)
+        (work / "sources.list").write_text(f"deb {_debian_mirror()} {NEWER_QEMU_SUITE} main\n")
+        opts = [f"-oDir::Etc::sourcelist={work / 'sources.list'}", "-oDir::Etc::sourceparts=-",
+                f"-oDir::State::Lists={work / 'lists'}", f"-oDir::Cache={work / 'cache'}", "-qq"]
+        log(f"fetching qemu-user from Debian {NEWER_QEMU_SUITE} (the installed QEMU is older than "
+            f"{MIN_QEMU[0]}.{MIN_QEMU[1]} and crashes onnxruntime's aarch64 wheel)")
+        for cmd in (["apt-get", *opts, "update"], ["apt-get", *opts, "download", "qemu-user"]):
+            result = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise EngineError(f"{' '.join(cmd[:1] + cmd[-2:])} failed:\n{result.stderr[-2000:]}")
+        deb = next(work.glob("qemu-user_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        staged = cache / f".qemu-aarch64.{os.getpid()}"
+        shutil.copy2(work / "x/usr/bin/qemu-aarch64", staged)
+        os.replace(staged, exe)
+    if (qemu_version(exe) or (0, 0)) < MIN_QEMU:
+        raise EngineError(f"{exe} does not report QEMU >= {MIN_QEMU[0]}.{MIN_QEMU[1]}")
+    return exe
+
+
+def registered_interpreter() -> Path | None:
+    entry = BINFMT / "qemu-aarch64"
+    if not entry.exists() or "enabled" not in entry.read_text():
+        return None
+    for line in entry.read_text().splitlines():
+        if line.startswith("interpreter "):
+            return Path(line.split(" ", 1)[1])
+    return None
+
+
+def _interpreter_version(path: Path) -> tuple[int, int] | None:
+    """Debian registers a wrapper (/usr/libexec/qemu-binfmt/aarch64-binfmt-P) for qemu-aarch64-static."""
+    if path.name.endswith("-binfmt-P"):
+        path = Path(shutil.which("qemu-aarch64-static") or path)
+    return qemu_version(path)
+
+
 def enable_binfmt() -> None:
-    """Register QEMU for arm64 binaries so arm64 images build and run on x86-64."""
-    if Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
-        if "enabled" in Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").read_text():
-            return
+    """Register a QEMU (>= MIN_QEMU) for arm64 binaries so arm64 images build and run on x86-64.
+    Flag F: the kernel opens the emulator now, so it also works inside containers and chroots."""
+    current = registered_interpreter()
+    if current is not None and (_interpreter_version(current) or (0, 0)) >= MIN_QEMU:
+        return
     if os.geteuid() != 0:
-        raise EngineError("arm64 emulation is not registered and registering it needs root "
-                          "(update-binfmts --enable qemu-aarch64)")
+        raise EngineError("arm64 emulation needs QEMU >= 8 registered in binfmt_misc, and registering it needs "
+                          "root (run: sudo python3 ci/engine.py binfmt)")
     install_packages()
-    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
-        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], check=True)
-    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=True, capture_output=True)
-    if "enabled" not in Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").read_text():
-        raise EngineError("qemu-aarch64 is registered but not enabled")
-    log("arm64 emulation enabled (qemu-aarch64)")
+    if not (BINFMT / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True)
+    exe = newer_qemu()
+    if (BINFMT / "qemu-aarch64").exists():
+        (BINFMT / "qemu-aarch64").write_text("-1")  # unregister the older emulator
+    (BINFMT / "register").write_text(f":qemu-aarch64:M::{AARCH64_MAGIC}:{AARCH64_MASK}:{exe}:F")
+    if registered_interpreter() != exe:
+        raise EngineError("qemu-aarch64 could not be registered in binfmt_misc")
+    log(f"arm64 emulation enabled ({exe}, QEMU {'.'.join(map(str, qemu_version(exe)))})")
 
 
 def state_dir(arg: str | None) -> Path:

@@ -58,3 +58,18 @@ def test_down_without_a_state_folder_says_so(monkeypatch):
     monkeypatch.delenv("DEFECT_ENGINE_DIR", raising=False)
     result = subprocess.run([sys.executable, str(REPO / "ci/engine.py"), "down"], capture_output=True, text=True)
     assert result.returncode == 1 and "no state folder" in result.stderr
+
+
+def test_arm64_emulator_is_new_enough_and_registered_with_fix_binary(arm64):
+    """QEMU 7.2 crashes onnxruntime's aarch64 wheel at import: binfmt must point at a QEMU >= 8, opened at
+    registration (flag F) so that containers and chroots use it."""
+    interpreter = engine.registered_interpreter()
+    assert interpreter is not None
+    assert (engine._interpreter_version(interpreter) or (0, 0)) >= engine.MIN_QEMU
+    flags = next(line for line in (engine.BINFMT / "qemu-aarch64").read_text().splitlines() if line.startswith("flags"))
+    assert "F" in flags.split(":", 1)[1]
+
+
+def test_debian_mirror_comes_from_the_apt_sources():
+    mirror = engine._debian_mirror()
+    assert "://" in mirror and not mirror.endswith("-security")
