@@ -1,7 +1,7 @@
-"""Dataset images for verification, calibration and benchmarks, and numpy scoring (no torch here).
+"""Dataset images for verification, calibration, evaluation and benchmarks (no torch here).
 
 The dataset is the one the model was trained on (model.json "dataset.path"), or another version directory given
-explicitly (`--data`). Scoring is numpy-only so every backend is measured by the same code, with or without torch.
+explicitly (`--data`). Predictions are batched and scored by `asset.scoring`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asset import scoring
 from asset.algorithm import Algorithm, Prediction, load_image, load_mask  # noqa: F401 (re-exported as D.load_image)
 from asset.modeldir import ModelDirError
 
@@ -64,52 +65,28 @@ def first_split(card: dict, data=None, prefer: tuple[str, ...] = ("val", "test",
     raise ModelDirError(f"the dataset has no images in {', '.join(prefer)}")
 
 
+# The names below are kept for callers not yet switched to asset.scoring (the one place predictions are
+# batched and scored); they delegate to it.
 def batches(algorithm: Algorithm, images: list[np.ndarray], batch_size: int):
-    """(indices, preprocessed batch, metas) over images grouped by the network size they reach."""
-    policy = algorithm.size_policy
-    groups: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):
-        shape = policy.network_shape(*img.shape[:2]) if policy.mode == "pad" else policy.size
-        groups.setdefault(tuple(shape), []).append(i)
-    for idx in groups.values():
-        for s in range(0, len(idx), batch_size):
-            part = idx[s:s + batch_size]
-            x, metas = algorithm.preprocess([images[i] for i in part])
-            yield part, x, metas
+    """asset.scoring.network_batches."""
+    return scoring.network_batches(algorithm, images, batch_size)
 
 
-def run_logits(infer, algorithm: Algorithm, images: list[np.ndarray], batch_size: int = 8
+def run_logits(infer, algorithm: Algorithm, images: list[np.ndarray], batch_size: int = scoring.DEFAULT_BATCH
                ) -> tuple[list[np.ndarray], list]:
-    """Per-image logits (1 x H x W, network frame) and metas through `infer` (NCHW -> N1HW)."""
-    logits: list = [None] * len(images)
-    metas: list = [None] * len(images)
-    for part, x, ms in batches(algorithm, images, batch_size):
-        out = infer(x)
-        for k, i in enumerate(part):
-            logits[i], metas[i] = out[k], ms[k]
-    return logits, metas
+    """asset.scoring.run_logits."""
+    return scoring.run_logits(infer, algorithm, images, batch_size)
 
 
 def postprocess_each(algorithm: Algorithm, logits, metas, image_threshold=None) -> list[Prediction]:
-    return [algorithm.postprocess(lg[None], [m], image_threshold=image_threshold)[0] for lg, m in zip(logits, metas)]
+    """asset.scoring.predictions_from_logits."""
+    return scoring.predictions_from_logits(algorithm, logits, metas, image_threshold)
 
 
 def score(preds: list[Prediction], items: list[Item], masks: list[np.ndarray] | None = None) -> dict:
-    """Image accuracy (decision vs ground truth) and dataset-level pixel IoU, numpy only."""
-    inter = union = correct = 0
-    for k, (p, it) in enumerate(zip(preds, items)):
-        gt = (masks[k] if masks is not None else load_mask(it.rle)).astype(bool)
-        pm = p.mask.astype(bool)
-        inter += int((pm & gt).sum())
-        union += int((pm | gt).sum())
-        correct += int(p.defective == it.defective)
-    return {"images": len(items), "accuracy": correct / len(items) if items else None,
-            "pixel_iou": inter / union if union else 1.0}
+    """asset.scoring.score over items (their masks decoded when not given)."""
+    return scoring.score(preds, [it.defective for it in items],
+                         masks if masks is not None else (load_mask(it.rle) for it in items))
 
 
-def agreement(a: list[Prediction], b: list[Prediction]) -> dict:
-    """How two backends' predictions agree: decisions, and mask pixels (fraction equal over all images)."""
-    same = sum(int(x.defective == y.defective) for x, y in zip(a, b))
-    pixels = sum(x.mask.size for x in a)
-    equal = sum(int((x.mask == y.mask).sum()) for x, y in zip(a, b))
-    return {"decisions_equal": same, "images": len(a), "mask_agreement": equal / pixels if pixels else 1.0}
+agreement = scoring.agreement
