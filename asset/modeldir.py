@@ -25,6 +25,12 @@ Writers call `record(...)` / `write_card(...)`, which rewrite model.json and SHA
 Every path read from model.json (weights, training.config, exports.*.file) or SHA256SUMS must stay inside the
 directory: an absolute path, a `..` or a symlink leading out is refused (`inside`), so a crafted card cannot
 make a reader open or hash /etc/passwd.
+
+Exports (the contract between `asset export`, which writes them, and the backends / benchmark, which run them):
+`EXPORT_KINDS` names every model.json "exports" key with the format that writes it, the backend that runs it, its
+precision and its file. Runtime code reads exports through this table (`export_key_for`, `export_command`) and so
+never imports the build-time `asset.export` package (torch, onnx, quantisation); `asset.export.formats` builds its
+registry of formats on the same table.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 FORMAT = "defect-model/1"
@@ -46,6 +53,102 @@ TMP_PREFIX = ".tmp-"
 
 class ModelDirError(Exception):
     """A model directory that cannot be used; the message says what is wrong and how to fix it."""
+
+
+# ---------------------------------------------------------------------- exports: the contract
+EXPORTS_DIR = "exports"
+WEIGHTS_BACKENDS = ("pytorch",)  # backends that run weights.pt, not an export
+
+
+@dataclass(frozen=True)
+class ExportKind:
+    """One model.json "exports" key: made by `asset export --format FORMAT [--precision P]`, run by BACKEND."""
+
+    key: str  # model.json "exports" key
+    format: str  # the `asset export --format` that writes it
+    backend: str  # the backend that runs it
+    precision: str
+    file: str  # where it is written, relative to the model directory (recorded as exports[key].file)
+
+
+def _kinds(*kinds: ExportKind) -> dict[str, ExportKind]:
+    return {k.key: k for k in kinds}
+
+
+# The first kind of a format is its default precision (tensorrt: fp16).
+EXPORT_KINDS: dict[str, ExportKind] = _kinds(
+    ExportKind("onnx", "onnx", "onnxruntime", "fp32", "exports/model.onnx"),
+    ExportKind("onnx-int8", "onnx-int8", "onnxruntime", "int8", "exports/model-int8.onnx"),
+    ExportKind("openvino", "openvino", "openvino", "fp32", "exports/openvino/model.xml"),
+    *(ExportKind(f"tensorrt-{p}", "tensorrt", "tensorrt", p, f"exports/model-{p}.engine")
+      for p in ("fp16", "fp32", "int8")),
+)
+
+# Other backends that read a kind's file too, after their own kind (OpenVINO compiles ONNX: fp32 falls back to the
+# ONNX export when there is no IR, and int8 runs the onnx-int8 QDQ model, having no int8 export of its own).
+ALSO_RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
+    "onnx": (("openvino", "fp32"),),
+    "onnx-int8": (("openvino", "int8"),),
+}
+
+
+def export_kinds(fmt: str) -> list[ExportKind]:
+    """The kinds format `fmt` writes, default precision first ([] for an unknown format)."""
+    return [k for k in EXPORT_KINDS.values() if k.format == fmt]
+
+
+def export_key(fmt: str, precision: str | None = None) -> str:
+    """The model.json "exports" key of `fmt` at `precision` (None: the format's default): onnx, tensorrt-fp16, ..."""
+    kinds = export_kinds(fmt)
+    if not kinds:
+        formats = ", ".join(dict.fromkeys(k.format for k in EXPORT_KINDS.values()))
+        raise ModelDirError(f"unknown export format {fmt!r}; valid: {formats}")
+    if precision is None:
+        return kinds[0].key
+    for k in kinds:
+        if k.precision == precision:
+            return k.key
+    raise ModelDirError(f"export format {fmt!r} has no {precision} export; it has "
+                        f"{', '.join(k.precision for k in kinds)}")
+
+
+def export_keys_for(backend: str, precision: str) -> tuple[str, ...]:
+    """The exports `backend` can run at `precision`, in the order it looks for them (() for weights.pt backends)."""
+    if backend in WEIGHTS_BACKENDS:
+        return ()
+    own = [k.key for k in EXPORT_KINDS.values() if k.backend == backend and k.precision == precision]
+    other = [key for key, users in ALSO_RUN_BY.items() if (backend, precision) in users and key in EXPORT_KINDS]
+    keys = tuple(dict.fromkeys(own + other))
+    if not keys:
+        raise ModelDirError(f"no export runs on backend {backend!r} at {precision}: the exports are "
+                            + ", ".join(f"{k.key} ({k.backend} {k.precision})" for k in EXPORT_KINDS.values()))
+    return keys
+
+
+def export_key_for(backend: str, precision: str) -> str | None:
+    """The export `backend` runs at `precision` when the model directory has all of them; None = weights.pt."""
+    keys = export_keys_for(backend, precision)
+    return keys[0] if keys else None
+
+
+def export_command(key: str, model_dir) -> str:
+    """The command that makes export `key` of `model_dir` (for "not exported" messages)."""
+    if key not in EXPORT_KINDS:
+        raise ModelDirError(f"unknown export {key!r}; valid: {', '.join(EXPORT_KINDS)}")
+    kind = EXPORT_KINDS[key]
+    command = f"asset export --model {model_dir} --format {kind.format}"
+    return command + (f" --precision {kind.precision}" if len(export_kinds(kind.format)) > 1 else "")
+
+
+def find_export(card: dict, model_dir: Path, keys) -> tuple[str, dict, Path] | None:
+    """(key, record, file) of the first of `keys` the card records, or None. The file is contained (`inside`) but
+    may be missing: the caller says what to do about it."""
+    exports = card.get("exports") or {}
+    for key in keys:
+        entry = exports.get(key)
+        if isinstance(entry, dict) and entry.get("file"):
+            return key, entry, inside(model_dir, entry["file"], f"model.json exports[{key!r}].file")
+    return None
 
 
 # ---------------------------------------------------------------------- atomic writes

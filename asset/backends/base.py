@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asset import modeldir
+
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES_HELP = "cpu | cuda | cuda:N"
 
@@ -86,16 +88,33 @@ class Backend:
 
 def export_entry(card: dict, model_dir: Path, key: str, backend: str) -> tuple[dict, Path]:
     """The card's record of export `key` and its file, or a BackendError saying which `asset export` makes it."""
-    from asset.export.formats import EXPORT_COMMAND
+    return _recorded(card, model_dir, (key,), backend)[1:]
 
-    entry = (card.get("exports") or {}).get(key)
-    if not entry:
+
+def export_for(card: dict, model_dir: Path, backend: str, precision: str) -> tuple[str, dict, Path]:
+    """(key, record, file) of the export `backend` runs at `precision` (the model directory's contract:
+    `modeldir.export_keys_for`, first one recorded), or a BackendError saying which `asset export` makes it."""
+    try:
+        keys = modeldir.export_keys_for(backend, precision)
+    except modeldir.ModelDirError as exc:
+        raise BackendError(str(exc)) from None
+    if not keys:
+        raise BackendError(f"backend {backend!r} runs weights.pt, not an export")
+    return _recorded(card, model_dir, keys, backend)
+
+
+def _recorded(card: dict, model_dir: Path, keys: tuple[str, ...], backend: str) -> tuple[str, dict, Path]:
+    found = modeldir.find_export(card, Path(model_dir), keys)
+    if found is None:
         have = ", ".join(sorted(card.get("exports") or {})) or "none"
+        needs = " or ".join(repr(k) for k in keys)
+        how = (modeldir.export_command(keys[0], model_dir) if keys[0] in modeldir.EXPORT_KINDS
+               else f"asset export --model {model_dir}")
         raise BackendError(
-            f"{model_dir}: backend {backend!r} needs the {key!r} export, which this model directory does not have "
-            f"(exports: {have}). Make it with `{EXPORT_COMMAND.get(key, 'asset export').format(model=model_dir)}`"
+            f"{model_dir}: backend {backend!r} needs the {needs} export, which this model directory does not have "
+            f"(exports: {have}). Make it with `{how}`"
         )
-    path = Path(model_dir) / entry["file"]
+    key, entry, path = found
     if not path.is_file():
         raise BackendError(f"{model_dir}: export {key!r} is recorded but {entry['file']} is missing: re-export it")
-    return entry, path
+    return key, entry, path

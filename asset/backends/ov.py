@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asset.backends.base import Backend, BackendError, export_entry, parse_device
+from asset.backends.base import Backend, BackendError, export_for, parse_device
 
 
 class OpenVinoBackend(Backend):
@@ -18,15 +18,8 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         parse_device(device)
-        exports = card.get("exports") or {}
-        if file is not None:
-            path = Path(file)
-        elif precision == "int8":
-            _, path = export_entry(card, model_dir, "onnx-int8", self.name)
-        elif "openvino" in exports or "onnx" not in exports:
-            _, path = export_entry(card, model_dir, "openvino", self.name)
-        else:
-            _, path = export_entry(card, model_dir, "onnx", self.name)
+        # fp32: the IR, else the ONNX export; int8: the onnx-int8 QDQ model (modeldir.export_keys_for)
+        path = Path(file) if file is not None else export_for(card, model_dir, self.name, precision)[2]
         if hint not in ("LATENCY", "THROUGHPUT"):
             raise BackendError(f"openvino hint must be LATENCY or THROUGHPUT, got {hint!r}")
         core = ov.Core()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from asset.modeldir import EXPORT_KINDS, export_command, export_key  # noqa: F401 (export_key re-exported)
+
 
 class ExportError(RuntimeError):
     """An export that cannot be made or failed its check; nothing was written. Says why (with the figures)."""
@@ -41,23 +43,11 @@ FORMATS: dict[str, ExportFormat] = {
                              "tensorrt"),
 }
 
-# model.json "exports" key -> how to make it (used in backends' error messages)
-EXPORT_COMMAND = {
-    "onnx": "asset export --model {model} --format onnx",
-    "onnx-int8": "asset export --model {model} --format onnx-int8",
-    "openvino": "asset export --model {model} --format openvino",
-    "tensorrt-fp32": "asset export --model {model} --format tensorrt --precision fp32",
-    "tensorrt-fp16": "asset export --model {model} --format tensorrt --precision fp16",
-    "tensorrt-int8": "asset export --model {model} --format tensorrt --precision int8",
-}
+# model.json "exports" key -> how to make it; kept for asset/benchmark.py until it calls modeldir.export_command
+EXPORT_COMMAND = {key: export_command(key, "{model}") for key in EXPORT_KINDS}
 
 ONNX_OPSETS = range(13, 22)  # what the legacy exporter, onnxruntime 1.32 and OpenVINO / TensorRT all read
 DEFAULT_OPSET = 17
-
-
-def export_key(fmt: str, precision: str | None = None) -> str:
-    """The model.json "exports" key: onnx, onnx-int8, openvino, tensorrt-fp16, ..."""
-    return f"tensorrt-{precision or FORMATS['tensorrt'].precisions[0]}" if fmt == "tensorrt" else fmt
 
 
 def get_format(name: str) -> ExportFormat:

@@ -100,3 +100,74 @@ def test_symlink_escaping_the_directory_refused(mdir, tmp_path):
     (mdir / "weights.pt").symlink_to(secret)
     with pytest.raises(ModelDirError, match="is a link to .*outside the model directory"):
         modeldir.verify(mdir)
+
+
+# ---------------------------------------------------------------------- exports: the contract with the backends
+def test_export_kinds_keys_files_and_defaults():
+    kinds = modeldir.EXPORT_KINDS
+    assert {k: (v.format, v.backend, v.precision, v.file) for k, v in kinds.items()} == {
+        "onnx": ("onnx", "onnxruntime", "fp32", "exports/model.onnx"),
+        "onnx-int8": ("onnx-int8", "onnxruntime", "int8", "exports/model-int8.onnx"),
+        "openvino": ("openvino", "openvino", "fp32", "exports/openvino/model.xml"),
+        "tensorrt-fp16": ("tensorrt", "tensorrt", "fp16", "exports/model-fp16.engine"),
+        "tensorrt-fp32": ("tensorrt", "tensorrt", "fp32", "exports/model-fp32.engine"),
+        "tensorrt-int8": ("tensorrt", "tensorrt", "int8", "exports/model-int8.engine"),
+    }
+    assert all(k == v.key for k, v in kinds.items())
+    assert modeldir.export_key("tensorrt") == "tensorrt-fp16"  # the format's default precision
+    assert modeldir.export_key("tensorrt", "int8") == "tensorrt-int8"
+    assert modeldir.export_key("onnx-int8") == modeldir.export_key("onnx-int8", "int8") == "onnx-int8"
+    with pytest.raises(ModelDirError, match="unknown export format 'tflite'; valid: onnx, onnx-int8, openvino"):
+        modeldir.export_key("tflite")
+    with pytest.raises(ModelDirError, match="'onnx' has no fp16 export; it has fp32"):
+        modeldir.export_key("onnx", "fp16")
+
+
+@pytest.mark.parametrize("backend,precision,keys", [
+    ("pytorch", "fp32", ()), ("pytorch", "fp16", ()),
+    ("onnxruntime", "fp32", ("onnx",)), ("onnxruntime", "int8", ("onnx-int8",)),
+    ("openvino", "fp32", ("openvino", "onnx")),  # the IR, else OpenVINO reads the ONNX export
+    ("openvino", "int8", ("onnx-int8",)),  # OpenVINO runs the QDQ model
+    ("tensorrt", "fp32", ("tensorrt-fp32",)), ("tensorrt", "fp16", ("tensorrt-fp16",)),
+    ("tensorrt", "int8", ("tensorrt-int8",)),
+])
+def test_export_keys_for_each_backend(backend, precision, keys):
+    assert modeldir.export_keys_for(backend, precision) == keys
+    assert modeldir.export_key_for(backend, precision) == (keys[0] if keys else None)
+
+
+def test_export_key_for_a_precision_nothing_runs():
+    with pytest.raises(ModelDirError, match="no export runs on backend 'onnxruntime' at fp16"):
+        modeldir.export_key_for("onnxruntime", "fp16")
+
+
+def test_export_command_names_format_and_precision_when_it_has_several():
+    assert modeldir.export_command("onnx", "models/m") == "asset export --model models/m --format onnx"
+    assert modeldir.export_command("openvino", "m") == "asset export --model m --format openvino"
+    assert modeldir.export_command("tensorrt-int8", "m") == "asset export --model m --format tensorrt --precision int8"
+    with pytest.raises(ModelDirError, match="unknown export 'tflite'"):
+        modeldir.export_command("tflite", "m")
+
+
+def test_find_export_first_recorded_and_contained(mdir):
+    assert modeldir.find_export(modeldir.verify(mdir), mdir, ("openvino", "onnx")) is None
+    (mdir / "exports").mkdir()
+    (mdir / "exports" / "model.onnx").write_bytes(b"onnx")
+    card = modeldir.record(mdir, "exports", {"file": "exports/model.onnx"}, key="onnx")
+    key, entry, path = modeldir.find_export(card, mdir, ("openvino", "onnx"))
+    assert (key, entry["file"], path) == ("onnx", "exports/model.onnx", mdir / "exports/model.onnx")
+    card["exports"]["openvino"] = {"file": "../elsewhere/model.xml"}
+    with pytest.raises(ModelDirError, match="outside the model directory"):
+        modeldir.find_export(card, mdir, ("openvino", "onnx"))
+
+
+def test_runtime_modules_do_not_import_the_export_package():
+    """The backends and the model directory read exports through the contract alone (no build-time imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asset.modeldir, asset.backends, asset.backends.base, asset.backends.ov, "
+            "asset.backends.ort, asset.backends.trt, asset.backends.pytorch; "
+            "print(sorted(m for m in sys.modules if m.startswith('asset.export')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
