@@ -4,8 +4,11 @@ Training (asset/training/module.py logs the same definitions through torchmetric
 backend), export verification and `asset benchmark` all score through here, so a figure means the same
 everywhere:
 
-    preds = predict_all(backend.infer, algorithm, images)        # batched by network shape
-    metrics = score(preds, [item.defective for item in items], masks)
+    items = split_items(card, "test", data)                      # the dataset's images of one split
+    scores, _ = score_items(backend.infer, algorithm, items)      # read, batched by network shape, scored
+    figures = metrics(scores)
+    preds = predict_all(backend.infer, algorithm, images)         # or: images in memory ...
+    figures = score(preds, [item.defective for item in items], masks)
 
 Definitions (ground truth "defective" = the image's label; masks at the original image size):
 - accuracy, precision, recall, confusion matrix: of the image decision (`Prediction.defective`, i.e. defect
@@ -20,34 +23,98 @@ Definitions (ground truth "defective" = the image's label; masks at the original
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from asset.algorithm import Algorithm, Prediction
+from asset.algorithm import Algorithm, Prediction, load_image, load_mask
+from asset.modeldir import ModelDirError
 
 Infer = Callable[[np.ndarray], np.ndarray]  # float32 N x C x H x W -> float32 N x 1 x H x W logits
 DEFAULT_BATCH = 8
 
 
+# ----------------------------------------------------------------------------- the images scored
+@dataclass
+class Item:
+    """One dataset image of a split (its file, label, mask and stated size)."""
+
+    id: str
+    path: Path
+    defective: bool
+    rle: dict
+    height: int
+    width: int
+
+
+def open_model_dataset(card: dict, data: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """(version dir, dataset.json) of `data`, else of the dataset recorded in the card. Clear error when absent."""
+    from datatools.errors import DatasetError
+    from datatools.validate import load_dataset
+
+    path = data or (card.get("dataset") or {}).get("path")
+    if not path:
+        raise ModelDirError("the model card records no dataset: pass --data DATASET_DIR (a dataset version directory)")
+    try:
+        return load_dataset(Path(path))
+    except DatasetError as exc:
+        how = "" if data else " (the dataset recorded in model.json; pass --data to use a copy elsewhere)"
+        raise ModelDirError(f"cannot read the dataset {path}{how}: {exc}") from None
+
+
+def dataset_items(version_dir: Path, doc: dict, split: str) -> list[Item]:
+    """The items of one split of an opened dataset, in dataset.json order."""
+    return [Item(s["id"], Path(version_dir) / s["image"], bool(s["defective"]), s["mask"], int(s["height"]),
+                 int(s["width"])) for s in doc["samples"] if s["split"] == split]
+
+
+def split_items(card: dict, split: str, data=None, limit: int | None = None) -> list[Item]:
+    """Samples of one split (falls back to none: the caller decides). `limit` keeps the first N, balanced by
+    alternating defective / good images so small verification sets see both classes."""
+    items = dataset_items(*open_model_dataset(card, data), split)
+    if limit is not None and len(items) > limit:
+        bad = [i for i in items if i.defective]
+        good = [i for i in items if not i.defective]
+        mixed = [x for pair in zip(bad, good) for x in pair] + bad[len(good):] + good[len(bad):]
+        items = mixed[:limit]
+    return items
+
+
+def first_split(card: dict, data=None, prefer: tuple[str, ...] = ("val", "test", "train"), limit=None
+                ) -> tuple[str, list[Item]]:
+    for split in prefer:
+        items = split_items(card, split, data, limit)
+        if items:
+            return split, items
+    raise ModelDirError(f"the dataset has no images in {', '.join(prefer)}")
+
+
 # ----------------------------------------------------------------------------- running a model
-def network_batches(algorithm: Algorithm, images: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH
-                    ) -> Iterator[tuple[list[int], np.ndarray, list]]:
-    """(indices, preprocessed batch, metas) over `images`, grouped by the network shape they reach (one batch
-    must be one shape), at most `batch_size` at a time, in order of first appearance."""
+def _groups(algorithm: Algorithm, sizes: Iterable[tuple[int, int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of images (given by H x W) in batches of one network shape, at most `batch_size`, shapes in order
+    of first appearance: the one batching every caller shares, so one backend gives the same figures anywhere."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     policy = algorithm.size_policy
     groups: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):
-        shape = policy.network_shape(*img.shape[:2]) if policy.mode == "pad" else policy.size
+    for i, (h, w) in enumerate(sizes):
+        shape = policy.network_shape(h, w) if policy.mode == "pad" else policy.size
         groups.setdefault(tuple(shape), []).append(i)
     for idx in groups.values():
         for s in range(0, len(idx), batch_size):
-            part = idx[s:s + batch_size]
-            x, metas = algorithm.preprocess([images[i] for i in part])
-            yield part, x, metas
+            yield idx[s:s + batch_size]
+
+
+def network_batches(algorithm: Algorithm, images: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH
+                    ) -> Iterator[tuple[list[int], np.ndarray, list]]:
+    """(indices, preprocessed batch, metas) over `images`, grouped by the network shape they reach (one batch
+    must be one shape), at most `batch_size` at a time, in order of first appearance."""
+    for part in _groups(algorithm, (img.shape[:2] for img in images), batch_size):
+        x, metas = algorithm.preprocess([images[i] for i in part])
+        yield part, x, metas
 
 
 def run_logits(infer: Infer, algorithm: Algorithm, images: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH
@@ -77,6 +144,30 @@ def predict_all(infer: Infer, algorithm: Algorithm, images: Sequence[np.ndarray]
         for i, p in zip(part, algorithm.postprocess(infer(x), ms, image_threshold=image_threshold)):
             preds[i] = p
     return preds
+
+
+def score_items(infer: Infer, algorithm: Algorithm, items: Sequence[Item], batch_size: int = DEFAULT_BATCH,
+                image_threshold: float | None = None, keep_predictions: bool = False,
+                progress: Callable[[int], None] | None = None) -> tuple[list[ImageScore], list[Prediction] | None]:
+    """Run and score dataset items (Item, or anything with id, path, defective, rle, height, width), reading images
+    and masks one batch at a time (a whole split never sits in memory). The batches are those `network_batches`
+    makes over the split's images. Returns the per-image scores (in order) and, if asked, the predictions."""
+    scores: list = [None] * len(items)
+    preds: list | None = [None] * len(items) if keep_predictions else None
+    for part in _groups(algorithm, ((it.height, it.width) for it in items), batch_size):
+        images = [load_image(items[i].path) for i in part]
+        for i, img in zip(part, images):
+            if img.shape[:2] != (items[i].height, items[i].width):
+                raise ModelDirError(f"{items[i].path}: the dataset states {items[i].height}x{items[i].width}, the "
+                                    f"image is {img.shape[0]}x{img.shape[1]}; run `datatool validate` on the dataset")
+        x, metas = algorithm.preprocess(images)
+        for i, p in zip(part, algorithm.postprocess(infer(x), metas, image_threshold=image_threshold)):
+            scores[i] = image_score(p, items[i].defective, load_mask(items[i].rle))
+            if preds is not None:
+                preds[i] = p
+        if progress is not None:
+            progress(len(part))
+    return scores, preds
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -124,8 +215,9 @@ def score(preds: Sequence[Prediction], defective: Sequence[bool], masks: Iterabl
 
 
 def metrics(scores: Sequence[ImageScore], image_threshold: float | None = None) -> dict:
-    """The metrics of per-image scores; decisions are `fraction >= image_threshold` when one is given (to
-    re-decide at another threshold without running the model again), else the recorded ones."""
+    """The metrics of per-image scores (ImageScore, or anything with defective, fraction, score, inter, union and,
+    without a threshold, decision). Decisions are `fraction >= image_threshold` when one is given (to re-decide at
+    another threshold without running the model again), else the recorded ones."""
     if not scores:
         raise ValueError("no images to score")
     y = np.array([s.defective for s in scores], dtype=bool)
@@ -194,5 +286,6 @@ def agreement(a: Sequence[Prediction], b: Sequence[Prediction]) -> dict:
     return {"decisions_equal": same, "images": len(a), "mask_agreement": equal / pixels if pixels else 1.0}
 
 
-__all__ = ["DEFAULT_BATCH", "ImageScore", "agreement", "auroc", "average_precision", "image_score", "image_scores",
-           "metrics", "network_batches", "predict_all", "predictions_from_logits", "run_logits", "score"]
+__all__ = ["DEFAULT_BATCH", "ImageScore", "Item", "agreement", "auroc", "average_precision", "dataset_items",
+           "first_split", "image_score", "image_scores", "metrics", "network_batches", "open_model_dataset",
+           "predict_all", "predictions_from_logits", "run_logits", "score", "score_items", "split_items"]

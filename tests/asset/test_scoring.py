@@ -7,6 +7,7 @@ import pytest
 
 from asset import scoring
 from asset.algorithm import Algorithm, Prediction, SizePolicy
+from asset.modeldir import ModelDirError
 
 
 def pred(mask, score=None, defective=None) -> Prediction:
@@ -100,3 +101,28 @@ def test_agreement():
     a = [pred([[1, 0], [0, 0]]), pred([[0, 0], [0, 0]])]
     b = [pred([[1, 1], [0, 0]]), pred([[0, 0], [0, 0]])]
     assert scoring.agreement(a, b) == {"decisions_equal": 2, "images": 2, "mask_agreement": 7 / 8}
+
+
+def test_score_items_reads_a_split_batch_by_batch_like_predict_all(tmp_path):
+    from datatools.validate import load_dataset
+    from tests.asset.helpers import make_dataset
+
+    data = make_dataset(tmp_path, n_train=2, n_test=7, sizes=[(32, 32), (40, 24), (30, 50)])
+    items = scoring.dataset_items(*load_dataset(data), "test")
+    alg = Algorithm(1, SizePolicy("pad", 8, None), [0.5], [0.5], image_threshold=0.01)
+
+    def infer(x):  # bright pixels (the defects of make_dataset) as positive logits
+        return (x[:, :1] - 0.6) * 10
+
+    calls = []
+    scores, preds = scoring.score_items(infer, alg, items, batch_size=2, keep_predictions=True,
+                                        progress=calls.append)
+    images = [scoring.load_image(i.path) for i in items]
+    masks = [scoring.load_mask(i.rle) for i in items]
+    expected = scoring.score(scoring.predict_all(infer, alg, images, 2), [i.defective for i in items], masks)
+    assert scoring.metrics(scores) == expected and sum(calls) == len(items)
+    assert expected["accuracy"] == 1.0 and expected["pixel_iou"] > 0.9  # the squares are found
+    assert [p.mask.shape for p in preds] == [m.shape for m in masks]
+    items[0].height += 1  # a dataset.json that lies about the image size
+    with pytest.raises(ModelDirError, match="datatool validate"):
+        scoring.score_items(infer, alg, items)
