@@ -26,7 +26,7 @@ Examples:
   asset export --model models/m --format tensorrt --precision fp16     (on the machine with the NVIDIA GPU)
 """
 
-# argparse dest -> export option name (None: not a format option)
+# the format options this command has flags for (a format takes those its FORMATS row lists)
 OPTIONS = ("precision", "opset", "simplify", "dynamic", "atol", "verify_images", "calib_images", "per_channel",
            "max_accuracy_drop", "workspace", "max_batch")
 
@@ -44,7 +44,10 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=list(FORMATS), help="export format (table below)")
     p.add_argument("--data", metavar="DATASET_DIR", help="dataset for verification/calibration (default: the one in "
                    "model.json)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="tensorrt only (default fp16)")
+    multi = {n: f.precisions for n, f in FORMATS.items() if len(f.precisions) > 1}
+    p.add_argument("--precision", choices=sorted({q for f in FORMATS.values() for q in f.precisions}),
+                   help="formats of several precisions: " + "; ".join(f"{n} {', '.join(q)} (default {q[0]})"
+                                                                      for n, q in multi.items()))
     p.add_argument("--opset", type=int, help="ONNX opset (default 17; 13..21)")
     p.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=None,
                    help="simplify the ONNX graph with onnxslim (default on)")
@@ -61,33 +64,24 @@ def register(sub) -> None:
                    "accuracy and pixel IoU (default 0.02)")
     p.add_argument("--workspace", type=float, help="tensorrt: builder workspace in GiB (default 4)")
     p.add_argument("--max-batch", type=int, help="tensorrt: largest batch of the optimisation profile (default 16)")
-    p.add_argument("--device", default=None, help="tensorrt: cuda or cuda:N (default cuda)")
+    p.add_argument("--device", default=None, help="GPU formats (tensorrt): cuda or cuda:N (default cuda)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from asset.export.formats import ExportError, check_arguments, format_status
+    from asset.export import export_model
+    from asset.export.formats import ExportError, check_arguments
 
     given = {k: getattr(args, k) for k in OPTIONS}
-    if args.device is not None and args.format != "tensorrt":
+    row = check_arguments(args.format, given)  # rejected before anything is loaded
+    if args.device is not None and not row.gpu:
         raise ExportError(f"format {args.format!r} does not take --device (it runs on the CPU)")
-    check_arguments(args.format, given)  # rejected before anything is loaded
     for k in ("verify_images", "calib_images", "max_batch"):
         if given[k] is not None and given[k] < 1:
             raise ExportError(f"--{k.replace('_', '-')} must be >= 1")
-    if args.format == "tensorrt":  # no torch: checks the model's ONNX export, then TensorRT, then the GPU
-        from asset.export.tensorrt import export_engine
-
-        entry = export_engine(args.model, data=args.data, device=args.device or "cuda", **given)
-        print(json.dumps({"file": str(Path(args.model) / entry["file"]), "verification": entry["verification"]}))
-        return 0
-    why = format_status(args.format)
-    if why:
-        raise ExportError(f"this machine cannot produce {args.format!r}: {why}")
-    from asset.export.core import export_model
-
-    entry = export_model(args.model, args.format, data=args.data, device=args.device or "cuda", **given)
+    entry = export_model(args.model, args.format, data=args.data, device=args.device,
+                         **{k: v for k, v in given.items() if v is not None})
     print(json.dumps({"file": str(Path(args.model) / entry["file"]), "verification": entry["verification"]}))
     return 0

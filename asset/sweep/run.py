@@ -194,9 +194,9 @@ def run_job(spec: SweepSpec, job: Job, data: str, test_data: str | None, jdir: P
         step = "export"
         from asset.export import export_key, export_model
 
-        for fmt in spec.export:
+        for fmt in spec.export:  # any registered format, on the device it is made on (tensorrt: cuda)
             if export_key(fmt) not in (modeldir.verify(model).get("exports") or {}):
-                export_model(model, fmt, device="cpu")
+                export_model(model, fmt)
         step = "benchmark"
         result["benchmark"] = _benchmark(spec, model)
         result["status"] = "done"

@@ -32,6 +32,7 @@ def test_onnx_export_unet_recorded_and_verified():
     assert e["dynamic"] == {"batch": True, "height_width": True} and e["opset"] == 17
     v = e["verification"]
     assert v["passed"] and v["split"] == "val" and v["decisions_equal"] == v["images"] > 0
+    assert v["reference"] == "PyTorch" and v["inputs"] == f"{v['images']} val images"
     assert v["max_abs_diff"] <= v["tolerance"] and v["mask_agreement"] == 1.0
     model = onnx.load(m / e["file"])
     onnx.checker.check_model(model)
@@ -51,11 +52,13 @@ def test_onnx_parity_each_family(tmp_path, arch, encoder, channels, size):
     assert modeldir.verify(m)["exports"]["onnx"]["verification"] == v
 
 
-def test_int8_static_qdq_per_channel():
+def test_int8_static_qdq_per_channel_signed_symmetric():
+    """One calibration for ONNX Runtime and TensorRT: signed INT8 activations and weights, zero point 0."""
     m = shared()["model"]
     e = modeldir.verify(m)["exports"]["onnx-int8"]
     q = e["quantisation"]
     assert q["format"] == "QDQ" and q["per_channel"] and q["calibration_split"] == "train"
+    assert q["scheme"] == "symmetric" and q["activations"] == q["weights"] == "int8" and q["zero_point"] == 0
     speed = e["speed"]
     assert speed["shape"] == [1, 1, 32, 32] and speed["speedup"] == pytest.approx(
         speed["fp32_ms"] / speed["int8_ms"], rel=0.01, abs=0.002)  # what is recorded is what was measured
@@ -70,6 +73,13 @@ def test_int8_static_qdq_per_channel():
         x, w = (produced_by.get(name) for name in conv.input[:2])
         assert x is not None and x.op_type == "DequantizeLinear", conv.name
         assert w is not None and w.op_type == "DequantizeLinear" and w.input[0] in int8_weights, conv.name
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    named = {n.input[2] for n in qdq if len(n.input) > 2}
+    zero_points = [i for i in graph.initializer if i.name in named]
+    assert len(named) == len(zero_points) > 0
+    types = {z.data_type for z in zero_points}  # signed: int8 activations and weights, int32 biases
+    assert onnx.TensorProto.INT8 in types and types <= {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
+    assert all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # symmetric: every zero point is 0
     assert (m / e["file"]).stat().st_size < 0.5 * (m / "exports/model.onnx").stat().st_size
 
 
@@ -147,7 +157,7 @@ def test_onnx_int8_accuracy_gate_passes_on_a_fitted_model(tmp_path, capsys):
     m = copy_model(shared()["model"], tmp_path / "m")
     assert main(["export", "--model", str(m), "--format", "onnx-int8", "--calib-images", "8"]) == 0
     v = modeldir.verify(m)["exports"]["onnx-int8"]["verification"]
-    assert v["accuracy"]["pytorch"] == 1.0 and v["pixel_iou"]["pytorch"] > 0.5  # a model where decisions matter
+    assert v["accuracy"]["reference"] == 1.0 and v["pixel_iou"]["reference"] > 0.5  # a model where decisions matter
     assert v["passed"] and v["decisions_equal"] == v["images"]
     assert v["accuracy_change"] >= -0.02 and v["pixel_iou_change"] >= -0.02
 
