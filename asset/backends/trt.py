@@ -1,8 +1,11 @@
-"""TensorRT backend: a serialized engine (export `tensorrt-<precision>`) on an NVIDIA GPU, through the TensorRT 10
-Python API and cuda-python (cuda.bindings.runtime) for memory. No torch needed; `backend_status` checks both.
+"""TensorRT backend: a serialized engine (export `tensorrt-<precision>`) on an NVIDIA GPU, through the TensorRT
+10.x / 11.x Python API (the same calls in both: asset/export/tensorrt.py TRT_API) and cuda-python
+(cuda.bindings.runtime) for memory. No torch needed; `backend_status` checks both.
 
-An engine is built for one GPU model and TensorRT version (`asset export --format tensorrt` on that machine); its
-optimisation profile bounds the batch and H x W it takes (recorded in model.json), larger batches are chunked.
+An engine runs only on the TensorRT version and the GPU model it was built for (`asset export --format tensorrt`
+on that machine): model.json records both (and the compute capability), and an engine made elsewhere is refused
+with how to rebuild it before TensorRT is asked to deserialise it. Its optimisation profile bounds the batch and
+H x W it takes (recorded in model.json); larger batches are chunked.
 """
 
 from __future__ import annotations
@@ -25,6 +28,27 @@ def cudart_module():
     return cudart
 
 
+def device_facts(cudart, index: int) -> dict:
+    """{"gpu": name, "compute_capability": "M.m"} of CUDA device `index`: what an engine is built for."""
+    props = check_cuda(cudart.cudaGetDeviceProperties(index))
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return {"gpu": name.strip("\x00 "), "compute_capability": f"{int(props.major)}.{int(props.minor)}"}
+
+
+def check_built_for(path: Path, entry: dict, tensorrt_version: str, here: dict, model_dir="MODEL") -> None:
+    """Refuse an engine that another TensorRT version or another GPU model built (BackendError says how to fix)."""
+    how = (f"rebuild it on this machine: asset export --model {model_dir} --format tensorrt --precision "
+           f"{entry.get('precision', 'fp16')}")
+    built = entry.get("tensorrt")
+    if built and str(built) != str(tensorrt_version):
+        raise BackendError(f"{path}: engine built with TensorRT {built}, this machine has TensorRT {tensorrt_version}"
+                           f" (an engine runs only on the TensorRT version that built it): {how}")
+    gpu, cc = entry.get("gpu"), entry.get("compute_capability")
+    if (gpu and str(gpu).strip() != here["gpu"]) or (cc and str(cc) != here["compute_capability"]):
+        raise BackendError(f"{path}: engine built for {gpu} (compute capability {cc or '?'}), this GPU is "
+                           f"{here['gpu']} (compute capability {here['compute_capability']}): {how}")
+
+
 def check_cuda(result):
     """cudart calls return (err, *values): raise on error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
@@ -45,23 +69,17 @@ class TensorRTBackend(Backend):
             raise BackendError("the TensorRT backend runs on NVIDIA GPUs only (device cuda)")
         if file is None:
             entry, path = export_entry(card, model_dir, f"tensorrt-{precision}", self.name)
-            built_for = entry.get("gpu")
         else:
-            path, built_for = Path(file), None
+            path, entry = Path(file), {}  # an engine being verified, just built here
         cudart = cudart_module()
         check_cuda(cudart.cudaSetDevice(index))
-        if built_for:
-            props = check_cuda(cudart.cudaGetDeviceProperties(index))
-            here = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-            if here.strip("\x00 ") != str(built_for).strip():
-                raise BackendError(f"{path}: engine built for {built_for}, this GPU is {here}: re-export it here "
-                                   "(`asset export --format tensorrt`)")
+        check_built_for(path, entry, trt.__version__, device_facts(cudart, index), model_dir)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise BackendError(f"{path}: TensorRT cannot deserialize the engine (other TensorRT version or GPU?): "
-                               "re-export it on this machine")
+            raise BackendError(f"{path}: TensorRT {trt.__version__} cannot deserialize the engine (corrupt, or built "
+                               "elsewhere): rebuild it on this machine (asset export --format tensorrt)")
         self._engine = engine
         self._context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]

@@ -1,15 +1,30 @@
-"""TensorRT export, without torch: the model directory's ONNX export -> a serialized engine for the GPU it runs on.
+"""TensorRT export, without torch: the model directory's ONNX exports -> a serialized engine for the GPU it runs on.
 
 Engines are built on the device that runs them (a Jetson's image has TensorRT and ONNX Runtime, no torch), so this
-module needs neither torch nor the network: it starts from MODEL_DIR/exports/model.onnx (made and verified against
-PyTorch by `asset export --format onnx` where torch is installed) and verifies the engine against that ONNX model
-under ONNX Runtime, on the dataset's validation images when the dataset can be read here, else on random images
-(recorded in model.json either way).
+module needs neither torch nor the network: it starts from the ONNX exports (made and verified against PyTorch by
+`asset export --format onnx / onnx-int8` where torch is installed) and verifies the engine against the fp32 ONNX
+model under ONNX Runtime, on the dataset's validation images when the dataset can be read here, else on random
+images (recorded in model.json either way).
 
-Builder (TensorRT 10 Python API): FP32, FP16 (BuilderFlag.FP16) or INT8 (BuilderFlag.INT8 + FP16 fallback, with an
-entropy calibrator over preprocessed training images). One optimisation profile: batch 1..max_batch, H x W from
-the first verification image (opt) up to the largest of them (max), down to one divisor step (min) when H/W are
-dynamic.
+One code path for the TensorRT versions the images ship: TensorRT 11.4 in the x86-CUDA image (tensorrt-cu12, PyPI)
+and TensorRT 10.x on the Jetson (JetPack 7.0, L4T r38.2, ships TensorRT 10.13 as python3-libnvinfer). Networks are
+strongly typed (NetworkDefinitionCreationFlag.STRONGLY_TYPED: required for this in 10.x, the only mode of 11.x,
+where the flag is kept and ignored), so each tensor's precision comes from the ONNX model, never from builder flags
+(TensorRT 11 removed BuilderFlag.FP16/INT8, platform_has_fast_fp16, int8_calibrator and set_calibration_profile):
+- fp32: exports/model.onnx as it is;
+- fp16: exports/model.onnx converted to mixed precision (asset/export/mixed_precision.py: float32 I/O, float32
+  where FP16 is not enough), staged and removed after the build;
+- int8: exports/model-int8.onnx, the onnx-int8 export's explicit Q/DQ model: one calibration, shared with ONNX
+  Runtime. TensorRT takes only signed symmetric INT8 Q/DQ (int8 zero points, all 0): `check_int8_qdq` refuses
+  anything else before the build, with how to fix it.
+One optimisation profile: batch 1..max_batch, H x W from the first verification image (opt) up to the largest of
+them (max), down to 32 (min) when H/W are dynamic. The engine's facts (TensorRT version, GPU name, compute
+capability, profile, source ONNX) are recorded in model.json; the backend refuses an engine built by another
+TensorRT version or for another GPU before deserialising it.
+
+Every TensorRT / cuda-python name used here and in asset/backends/trt.py is listed in TRT_API / CUDART_API: the
+tests check them against the installed modules where they import, and run the whole build path against fakes that
+offer only those names (tests/asset/test_trt_build.py), so a removed API fails a test on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -28,11 +43,39 @@ from asset.algorithm import Algorithm
 from asset.backends.base import parse_device
 from asset.export.formats import ExportError, check_arguments
 
-DEFAULTS = {"precision": "fp16", "calib_images": 32, "verify_images": 128, "atol": 1e-3, "max_accuracy_drop": 0.02,
-            "workspace": 4.0, "max_batch": 16}
+DEFAULTS = {"precision": "fp16", "verify_images": 128, "atol": 1e-3, "max_accuracy_drop": 0.02, "workspace": 4.0,
+            "max_batch": 16}
 ONNX_ONLY = ("opset", "simplify", "dynamic")  # options of making the ONNX file, which already exists here
 RANDOM_IMAGES = 8  # verification inputs when no dataset can be read on this machine
 RANDOM_SIZE = (256, 256)  # their size when the model card records none
+SOURCES = {"fp32": "onnx", "fp16": "onnx", "int8": "onnx-int8"}  # the export each engine precision is built from
+
+# Every `tensorrt` attribute this module and asset/backends/trt.py use (Class.member for members). Checked against
+# the real module where it imports (test_trt_build.py), and the only names the tests' fake module offers.
+TRT_API = (
+    "__version__", "nptype",
+    "Logger", "Logger.WARNING", "Builder", "Builder.create_network", "Builder.create_builder_config",
+    "Builder.create_optimization_profile", "Builder.build_serialized_network",
+    "NetworkDefinitionCreationFlag", "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+    "INetworkDefinition", "INetworkDefinition.num_inputs", "INetworkDefinition.num_outputs", "INetworkDefinition.get_input",
+    "ITensor", "ITensor.name", "ITensor.shape",
+    "OnnxParser", "OnnxParser.parse", "OnnxParser.num_errors", "OnnxParser.get_error",
+    "IBuilderConfig", "IBuilderConfig.set_memory_pool_limit", "IBuilderConfig.add_optimization_profile", "MemoryPoolType",
+    "MemoryPoolType.WORKSPACE", "IOptimizationProfile", "IOptimizationProfile.set_shape",
+    "Runtime", "Runtime.deserialize_cuda_engine",
+    "ICudaEngine", "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
+    "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_profile_shape", "ICudaEngine.create_execution_context",
+    "TensorIOMode", "TensorIOMode.INPUT", "TensorIOMode.OUTPUT",
+    "IExecutionContext", "IExecutionContext.set_input_shape", "IExecutionContext.get_tensor_shape", "IExecutionContext.set_tensor_address",
+    "IExecutionContext.execute_async_v3",
+)
+# Removed in TensorRT 11 (NVIDIA's "Removed Python APIs and Replacements"): must never be used again.
+TRT_REMOVED = ("Builder.platform_has_fast_fp16", "BuilderFlag.FP16", "BuilderFlag.INT8",
+               "IBuilderConfig.int8_calibrator", "IBuilderConfig.set_calibration_profile", "IInt8EntropyCalibrator2")
+# cuda-python's cuda.bindings.runtime names used (GPU memory, streams, device facts).
+CUDART_API = ("cudaSetDevice", "cudaGetDeviceProperties", "cudaMalloc", "cudaFree", "cudaMemcpyAsync",
+              "cudaMemcpyKind", "cudaMemcpyKind.cudaMemcpyHostToDevice", "cudaMemcpyKind.cudaMemcpyDeviceToHost",
+              "cudaStreamCreate", "cudaStreamSynchronize", "cudaStreamDestroy")
 
 
 def _stderr(msg: str) -> None:
@@ -95,69 +138,87 @@ def verification_inputs(card: dict, data, limit: int, log) -> tuple[str | None, 
         return None, [], random_images(card), None
 
 
-def calibration_inputs(card: dict, algorithm: Algorithm, data, n: int) -> list[np.ndarray]:
-    """Preprocessed training images for INT8 calibration; ExportError when the dataset cannot be read here."""
-    from asset.export import data as D
-    from asset.modeldir import ModelDirError
+def int8_source(model_dir: Path, card: dict) -> Path:
+    """The onnx-int8 export's Q/DQ model, which INT8 engines are built from; ExportError when there is none."""
+    entry = (card.get("exports") or {}).get("onnx-int8")
+    path = Path(model_dir) / entry["file"] if entry and entry.get("file") else None
+    if path is None or not path.is_file():
+        raise ExportError(f"{model_dir} has no ONNX INT8 export (model.json exports['onnx-int8']): INT8 engines are "
+                          f"built from its Q/DQ model, so that TensorRT and ONNX Runtime share one calibration. Make "
+                          f"it where torch is installed (`asset export --model {model_dir} --format onnx-int8`), copy "
+                          "the model directory here, then run this again")
+    return path
 
+
+def _constant(model, name: str):
+    """The value of initializer or Constant output `name` as numpy, else None (computed at run time)."""
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def check_int8_qdq(path: Path) -> dict:
+    """Refuse a Q/DQ model TensorRT cannot take: it needs signed symmetric INT8 (zero points int8 and all 0, or
+    absent), constant positive scales, and int8 constants only behind DequantizeLinear (ONNX Runtime quantises
+    biases to int32 unless told not to). Returns the facts recorded with the engine."""
     try:
-        items = D.split_items(card, "train", data, limit=n) or D.first_split(card, data, limit=n)[1]
-    except (ImportError, ModelDirError) as exc:
-        raise ExportError(f"TensorRT INT8 calibrates on training images and the dataset cannot be read here ({exc}): "
-                          "pass --data DATASET_DIR, or build --precision fp16 / fp32") from None
-    return [algorithm.preprocess([D.load_image(i.path)])[0] for i in items]
+        import onnx
+    except ImportError:
+        raise ExportError("onnx is not installed: INT8 engines check the onnx-int8 export's Q/DQ nodes with it "
+                          "(pip install -r platforms/x86-cuda/requirements-gpu.txt or "
+                          "platforms/jetson/requirements-jetson.txt)") from None
+    model = onnx.load(str(path))
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not any(n.op_type == "QuantizeLinear" for n in qdq):
+        raise ExportError(f"{path} has no QuantizeLinear nodes: INT8 engines are built from an explicit Q/DQ model "
+                          "(re-export it: asset export --format onnx-int8)")
+    bad: dict[str, list[str]] = {}
+    for n in qdq:
+        x = _constant(model, n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if x is not None and x.dtype != np.int8:
+            bad.setdefault(f"{x.dtype} constants dequantised (TensorRT dequantises int8 only: quantise without "
+                           "QuantizeBias, biases stay float)", []).append(n.name)
+            continue
+        scale = _constant(model, n.input[1])
+        if scale is None or not np.all(np.asarray(scale, dtype=np.float64) > 0):
+            bad.setdefault("scales that are not constant and positive", []).append(n.name)
+        if len(n.input) < 3 or not n.input[2]:
+            continue  # no zero point: 0
+        zp = _constant(model, n.input[2])
+        if zp is None:
+            bad.setdefault("zero points computed at run time", []).append(n.name)
+        elif zp.dtype != np.int8:
+            bad.setdefault(f"{zp.dtype} zero points (asymmetric)", []).append(n.name)
+        elif np.any(zp != 0):
+            bad.setdefault("non-zero int8 zero points (asymmetric)", []).append(n.name)
+    if bad:
+        what = "; ".join(f"{len(v)} nodes with {k} (e.g. {v[0]})" for k, v in bad.items())
+        raise ExportError(f"{path} is not a TensorRT INT8 model: TensorRT takes only signed symmetric INT8 Q/DQ "
+                          f"(int8 zero points, all 0), and this one has {what}. Re-export onnx-int8 with signed "
+                          "symmetric activations and weights (asset export --format onnx-int8 with this version), "
+                          "or build --precision fp16")
+    return {"qdq_nodes": len(qdq), "int8": "signed symmetric (zero point 0)"}
 
 
-def _calibrator(trt, batches: list[np.ndarray], cache: Path):
-    from asset.backends.trt import check_cuda, cudart_module
+def gpu_info(index: int) -> dict:
+    """{"gpu": name, "compute_capability": "M.m"} of CUDA device `index` (what an engine is built for)."""
+    from asset.backends.trt import cudart_module, device_facts
 
-    cudart = cudart_module()
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            super().__init__()
-            self._batches = batches
-            self._i = 0
-            self._nbytes = max(b.nbytes for b in batches)
-            self._ptr = check_cuda(cudart.cudaMalloc(self._nbytes))
-
-        def get_batch_size(self):
-            return int(self._batches[0].shape[0])
-
-        def get_batch(self, names):
-            if self._i >= len(self._batches):
-                return None
-            x = np.ascontiguousarray(self._batches[self._i], dtype=np.float32)
-            self._i += 1
-            check_cuda(cudart.cudaMemcpy(self._ptr, x.ctypes.data, x.nbytes,
-                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-            return [int(self._ptr)]
-
-        def read_calibration_cache(self):
-            return cache.read_bytes() if cache.is_file() else None
-
-        def write_calibration_cache(self, data):
-            cache.write_bytes(bytes(data))
-
-        def free(self):
-            if self._ptr:
-                cudart.cudaFree(self._ptr)
-                self._ptr = 0
-
-    return EntropyCalibrator()
+    return device_facts(cudart_module(), index)
 
 
-def gpu_name(index: int) -> str:
-    from asset.backends.trt import check_cuda, cudart_module
-
-    props = check_cuda(cudart_module().cudaGetDeviceProperties(index))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 ")
-
-
-def build_engine(onnx_path: Path, out_path: Path, *, precision: str, device: str, opt_shape, max_shape,
-                 workspace_gb: float, calibration: list[np.ndarray] | None, log) -> dict:
-    """Build and serialize an engine to out_path. Returns the facts recorded in model.json."""
+def build_engine(onnx_path: Path, out_path: Path, *, device: str, opt_shape, max_shape, workspace_gb: float,
+                 log) -> dict:
+    """Build a strongly typed engine from `onnx_path` (its precision is the ONNX model's) and write it to
+    out_path. Returns the facts recorded in model.json."""
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -171,11 +232,14 @@ def build_engine(onnx_path: Path, out_path: Path, *, precision: str, device: str
     check_cuda(cudart_module().cudaSetDevice(index))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse the ONNX model: {errors}")
+        raise ExportError(f"TensorRT cannot parse {Path(onnx_path).name}: {errors}")
+    if network.num_inputs != 1 or network.num_outputs != 1:
+        raise ExportError(f"{Path(onnx_path).name}: expected one input and one output, got {network.num_inputs} / "
+                          f"{network.num_outputs}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     inp = network.get_input(0)
@@ -187,39 +251,23 @@ def build_engine(onnx_path: Path, out_path: Path, *, precision: str, device: str
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, min_shape, (1, c, h, w), (mb, c, *max_hw))
     config.add_optimization_profile(profile)
-    calibrator = None
-    if precision in ("fp16", "int8"):
-        if not builder.platform_has_fast_fp16:
-            log("this GPU has no fast FP16: the engine may not be faster than FP32")
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        if not calibration:
-            raise ExportError("TensorRT INT8 needs calibration images")
-        config.set_flag(trt.BuilderFlag.INT8)
-        calibrator = _calibrator(trt, calibration, Path(str(out_path) + ".calib"))
-        config.int8_calibrator = calibrator
-        config.set_calibration_profile(profile)
-    log(f"building the TensorRT {precision} engine (profile batch 1..{mb}, {h}x{w} opt, max {max_hw}); "
-        "this takes minutes")
-    try:
-        serialized = builder.build_serialized_network(network, config)
-    finally:
-        if calibrator is not None:
-            calibrator.free()
-            Path(str(out_path) + ".calib").unlink(missing_ok=True)
+    log(f"building a strongly typed TensorRT {trt.__version__} engine from {Path(onnx_path).name} (profile batch "
+        f"1..{mb}, {h}x{w} opt, max {max_hw[0]}x{max_hw[1]}); this takes minutes")
+    serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError("TensorRT failed to build the engine (see the TensorRT log above)")
     Path(out_path).write_bytes(bytes(serialized))
-    return {"gpu": gpu_name(index), "tensorrt": trt.__version__,
+    return {**gpu_info(index), "tensorrt": trt.__version__, "strongly_typed": True,
             "profile": {"min": list(min_shape), "opt": [1, c, h, w], "max": [mb, c, *max_hw]},
-            "calibration_images": len(calibration) if calibration else None, "workspace_gb": workspace_gb}
+            "workspace_gb": workspace_gb}
 
 
 def verify_engine(infer, reference, algorithm: Algorithm, inputs, *, exact: bool, atol: float, max_drop: float,
-                  what: str, log) -> dict:
-    """Compare the engine with the ONNX export under ONNX Runtime. fp32: max |logit diff| <= atol x max(1, |logit|)
-    and identical decisions; fp16/int8: accuracy and pixel IoU drop <= max_drop on dataset images, or on random
-    images (no labels) at most max_drop of the mask pixels changed. Raises ExportError with the figures."""
+                  what: str, log, same_decisions: bool = False) -> dict:
+    """Compare the engine with the fp32 ONNX export under ONNX Runtime. fp32: max |logit diff| <= atol x
+    max(1, |logit|) and identical decisions; fp16/int8: accuracy and pixel IoU drop <= max_drop on dataset images,
+    or on random images (no labels) at most max_drop of the mask pixels changed; `same_decisions` (fp16) also needs
+    every image decision unchanged. Raises ExportError with the figures."""
     from asset.export import data as D
 
     split, items, images, masks = inputs
@@ -243,7 +291,8 @@ def verify_engine(infer, reference, algorithm: Algorithm, inputs, *, exact: bool
         ok = diff <= atol * scale and agree["decisions_equal"] == n
         rule = f"needs max diff <= {atol:g} x max(1, |logit|) and identical decisions"
     elif split:
-        ours, theirs = D.score(preds, items, masks), D.score(ref_preds, items, masks)
+        ours = D.score(preds, items, masks)
+        theirs = D.score(ref_preds, items, masks)
         figures.update({"accuracy": {"onnx": theirs["accuracy"], "engine": ours["accuracy"]},
                         "pixel_iou": {"onnx": theirs["pixel_iou"], "engine": ours["pixel_iou"]},
                         "accuracy_change": ours["accuracy"] - theirs["accuracy"],
@@ -255,6 +304,9 @@ def verify_engine(infer, reference, algorithm: Algorithm, inputs, *, exact: bool
     else:
         ok = agree["mask_agreement"] >= 1 - max_drop
         rule = f"needs >= {1 - max_drop:.2%} equal mask pixels (no labelled images here)"
+    if same_decisions and not exact:
+        ok = ok and agree["decisions_equal"] == n
+        rule += " and identical decisions"
     figures["passed"] = bool(ok)
     log(f"{what}: {text}")
     if not ok:
@@ -262,11 +314,23 @@ def verify_engine(infer, reference, algorithm: Algorithm, inputs, *, exact: bool
     return figures
 
 
+def _stage(model_dir: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f"{modeldir.TMP_PREFIX}{name}.", dir=model_dir / "exports")
+    os.close(fd)
+    return Path(tmp)
+
+
 def export_engine(model_dir: str | os.PathLike, *, data=None, device: str = "cuda", log=_stderr, **options) -> dict:
-    """Build, verify and record MODEL_DIR/exports/model-<precision>.engine from the ONNX export, without torch.
+    """Build, verify and record MODEL_DIR/exports/model-<precision>.engine from the ONNX exports, without torch.
     `options`: the tensorrt format's arguments (None = default). Returns the model.json exports record."""
     from asset.backends import load_backend
+    from asset.export import mixed_precision
 
+    if options.get("calib_images") is not None:
+        raise ExportError("--calib-images does not apply to TensorRT: INT8 engines are built from the onnx-int8 "
+                          "export's Q/DQ model and its calibration (pass --calib-images to `asset export --format "
+                          "onnx-int8`)")
+    options = {k: v for k, v in options.items() if k != "calib_images"}
     check_arguments("tensorrt", options)
     given = [k for k in ONNX_ONLY if options.get(k) is not None]
     if given:
@@ -274,57 +338,75 @@ def export_engine(model_dir: str | os.PathLike, *, data=None, device: str = "cud
                           "exports/model.onnx as it is (re-export ONNX to change it)")
     opts = {k: options.get(k) if options.get(k) is not None else v for k, v in DEFAULTS.items()}
     precision, t0 = opts["precision"], time.perf_counter()
+    if precision not in SOURCES:
+        raise ExportError(f"TensorRT engines are built at {', '.join(SOURCES)}, not {precision}")
     model_dir = Path(model_dir)
     card = modeldir.verify(model_dir)
-    src = onnx_source(model_dir, card)
-    why = tensorrt_missing()
+    src = onnx_source(model_dir, card)  # the engine's reference in every precision
+    build_src = int8_source(model_dir, card) if precision == "int8" else src
+    why = tensorrt_missing() or (mixed_precision.converter_missing() if precision == "fp16" else None)
     if why:
         raise ExportError(why)
     if parse_device(device)[0] != "cuda":
         raise ExportError("TensorRT engines are built on an NVIDIA GPU: --device cuda[:N]")
+    source = {"source": str(build_src.relative_to(model_dir))}
+    if precision == "int8":
+        source["quantisation"] = check_int8_qdq(build_src)
     algorithm = Algorithm.from_card(card)
     inputs = verification_inputs(card, data, int(opts["verify_images"]), log)
     shapes = [algorithm.preprocess([img])[0].shape for img in inputs[2]]
     opt = shapes[0]
     max_hw = (max(s[2] for s in shapes), max(s[3] for s in shapes))
-    calib = calibration_inputs(card, algorithm, data, int(opts["calib_images"])) if precision == "int8" else None
     key, rel = f"tensorrt-{precision}", f"exports/model-{precision}.engine"
-    fd, name = tempfile.mkstemp(prefix=f"{modeldir.TMP_PREFIX}model-{precision}.engine.", dir=model_dir / "exports")
-    os.close(fd)
-    tmp = Path(name)
+    staged = [_stage(model_dir, f"model-{precision}.engine")]
+    tmp = staged[0]
     try:
-        facts = build_engine(src, tmp, precision=precision, device=device, opt_shape=opt,
-                             max_shape=(int(opts["max_batch"]), opt[1], *max_hw), workspace_gb=float(opts["workspace"]),
-                             calibration=calib, log=log)
+        if precision == "fp16":
+            staged.append(_stage(model_dir, "model-fp16.onnx"))
+            build_src = staged[-1]
+            source["mixed_precision"] = mixed_precision.write(src, build_src)
+            source["source"] = f"{src.relative_to(model_dir)} converted to mixed precision (FP16, float32 I/O)"
+            log(f"tensorrt-fp16: {source['mixed_precision']['converter']}, kept in FP32: "
+                f"{', '.join(source['mixed_precision']['fp32_kept']) or 'nothing'}")
+        facts = build_engine(build_src, tmp, device=device, opt_shape=opt,
+                             max_shape=(int(opts["max_batch"]), opt[1], *max_hw),
+                             workspace_gb=float(opts["workspace"]), log=log)
         from asset.backends.trt import TensorRTBackend
 
         engine = TensorRTBackend(model_dir, card, precision=precision, device=device, file=tmp)
         reference = load_backend("onnxruntime", model_dir, precision="fp32", card=card, verify=False)
+        max_drop = mixed_precision.FP16_MAX_IOU_CHANGE if precision == "fp16" else float(opts["max_accuracy_drop"])
         try:
             figures = verify_engine(engine.infer, reference.infer, algorithm, inputs, exact=precision == "fp32",
-                                    atol=float(opts["atol"]) * 10, max_drop=float(opts["max_accuracy_drop"]),
-                                    what=key, log=log)
+                                    atol=float(opts["atol"]) * 10, max_drop=max_drop, what=key, log=log,
+                                    same_decisions=precision == "fp16")
         finally:
             engine.close()
             reference.close()
         os.replace(tmp, model_dir / rel)
     finally:
-        tmp.unlink(missing_ok=True)
+        for path in staged:
+            path.unlink(missing_ok=True)
     size = (model_dir / rel).stat().st_size
     entry = {"file": rel, "format": "tensorrt", "precision": precision, "backend": "tensorrt", "bytes": size,
              "created": modeldir.now_iso(), "seconds": round(time.perf_counter() - t0, 1),
-             "machine": platform.machine(), "source": str(src.relative_to(model_dir)), **facts,
-             "verification": figures, "versions": _versions()}
+             "machine": platform.machine(), **source, **facts, "verification": figures, "versions": _versions()}
     modeldir.record(model_dir, "exports", entry, key=key)
     log(f"wrote {model_dir / rel} ({size / 1e6:.1f} MB) and recorded it in model.json exports[{key!r}]")
     return entry
+
+
+def export(model_dir: Path, *, precision: str, data, device: str, log, options: dict) -> dict:
+    """The registry's exporter entry point (asset.export.formats): see export_engine."""
+    return export_engine(model_dir, data=data, device=device, log=log, **{**options, "precision": precision})
 
 
 def _versions() -> dict:
     from importlib import metadata
 
     out = {}
-    for name in ("tensorrt", "cuda-python", "onnxruntime", "onnxruntime-gpu"):
+    for name in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "cuda-python", "onnxruntime", "onnxruntime-gpu",
+                 "onnx", "onnxconverter-common"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -1,7 +1,8 @@
 """`asset export --format tensorrt` without torch: the engine is built from the model directory's ONNX export on
 the device (the Jetson image has no torch). TensorRT cannot be installed on these machines, so the tests run the
 real command up to where TensorRT is needed, with torch made unimportable, and test the torch-free verification
-(against the ONNX export under ONNX Runtime) with real ONNX Runtime sessions."""
+(against the ONNX export under ONNX Runtime) with real ONNX Runtime sessions. The build itself, against fake
+TensorRT / cuda-python modules: test_trt_build.py."""
 
 from __future__ import annotations
 
@@ -126,9 +127,6 @@ def test_verification_inputs_dataset_or_random(onnx_model, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(images, again))  # the same inputs every run
     with pytest.raises(ExportError, match="cannot read --data"):
         T.verification_inputs(card, tmp_path / "gone", 5, log=said.append)
-    with pytest.raises(ExportError, match="TensorRT INT8 calibrates on training images"):
-        T.calibration_inputs(moved, Algorithm.from_card(card), None, 4)
-    assert len(T.calibration_inputs(card, Algorithm.from_card(card), None, 4)) == 4
 
 
 def test_verification_against_the_onnx_export(onnx_model):
@@ -161,8 +159,19 @@ def test_verification_against_the_onnx_export(onnx_model):
         int8.close()
 
 
-def test_jetson_image_installs_cuda_python():
-    req = (REPO / "platforms/jetson/requirements-jetson.txt").read_text()
-    pins = dict(line.split("==") for line in req.splitlines() if line and not line.startswith("#"))
-    assert pins["cuda-python"] == "13.4.4"
+def _pins(path: str) -> dict[str, str]:
+    lines = (REPO / path).read_text().splitlines()
+    return dict(line.split("#")[0].strip().split("==") for line in lines if "==" in line.split("#")[0])
+
+
+def test_images_install_what_engines_are_built_and_run_with():
+    """Engines are built on the device: both GPU images need cuda-python (the backend's GPU memory), onnx (the
+    INT8 Q/DQ check) and onnxconverter-common (FP16 = the ONNX export converted to mixed precision)."""
+    jetson, x86 = _pins("platforms/jetson/requirements-jetson.txt"), _pins("platforms/x86-cuda/requirements-gpu.txt")
+    full = _pins("asset/requirements.txt")
+    for pins in (jetson, x86):
+        assert pins["cuda-python"] == "13.4.4" and pins["onnxconverter-common"] == "1.16.0"
+    assert jetson["onnx"] == full["onnx"]  # the x86 image has onnx from asset/requirements.txt
+    assert x86["tensorrt-cu12"] == "11.4.0.106" and "tensorrt" not in jetson  # JetPack's own TensorRT 10.x
     assert "requirements-jetson.txt" in (REPO / "platforms/jetson/Dockerfile").read_text()
+    assert "requirements-gpu.txt" in (REPO / "platforms/x86-cuda/Dockerfile").read_text()
