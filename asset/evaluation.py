@@ -1,22 +1,21 @@
-"""Running a model over a split through the shared `Algorithm`, metrics (torchmetrics) and the report.
+"""Evaluating a model over a split (through `asset.scoring`, like every other figure), and the report.
 
-A *runner* is any callable float32 NCHW numpy batch -> logits numpy N x 1 x H x W. `torch_runner(net)`
-wraps a PyTorch network; export backends (ONNX Runtime, OpenVINO, TensorRT) provide their own, so
-every backend is measured by the same code.
+A *runner* is any callable float32 NCHW numpy batch -> logits numpy N x 1 x H x W: a backend's `infer`
+(`asset evaluate --backend`), or `torch_runner(net)` for a network in memory (training, the sweep).
+No torch is imported here unless `torch_runner` is used.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from asset.algorithm import Algorithm, Prediction
-from asset.training.data import Sample, load_image, load_mask
+from asset import scoring
+from asset.algorithm import Algorithm, load_image, load_mask
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -50,84 +49,25 @@ def torch_runner(net, device: str = "cpu") -> Runner:
     return run
 
 
-def predict_images(runner: Runner, algorithm: Algorithm, images: list[np.ndarray], keep_prob: bool = False
-                   ) -> list[Prediction]:
-    x, metas = algorithm.preprocess(images)
-    return algorithm.postprocess(runner(x), metas, keep_prob=keep_prob)
-
-
-def _batches(samples: list[Sample], batch_size: int):
-    """Consecutive samples of the same original size, at most batch_size at a time."""
-    batch: list[Sample] = []
-    for s in samples:
-        if batch and (len(batch) == batch_size or (s.height, s.width) != (batch[0].height, batch[0].width)):
-            yield batch
-            batch = []
-        batch.append(s)
-    if batch:
-        yield batch
-
-
-def evaluate_samples(runner: Runner, algorithm: Algorithm, samples: list[Sample], batch_size: int = 16,
+def evaluate_samples(runner: Runner, algorithm: Algorithm, samples: list, batch_size: int = scoring.DEFAULT_BATCH,
                      progress: bool = False) -> list[Record]:
+    """One Record per sample (asset.scoring.Item or asset.training.data.Sample), scored by `asset.scoring`."""
     from tqdm import tqdm
 
-    records = []
-    bar = tqdm(total=len(samples), desc="evaluating", unit="img", disable=not progress)
-    for batch in _batches(samples, batch_size):
-        images = [load_image(s.path) for s in batch]
-        preds = predict_images(runner, algorithm, images)
-        for s, p in zip(batch, preds):
-            gt = load_mask(s.rle).astype(bool)
-            pm = p.mask.astype(bool)
-            records.append(Record(s.id, s.defective, p.defect_fraction, p.score, int((pm & gt).sum()),
-                                  int((pm | gt).sum()), int(gt.sum())))
-        bar.update(len(batch))
-    bar.close()
-    return records
-
-
-def _num(x) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
+    with tqdm(total=len(samples), desc="evaluating", unit="img", disable=not progress) as bar:
+        scores, _ = scoring.score_items(runner, algorithm, samples, batch_size, progress=bar.update)
+    return [Record(s.id, r.defective, r.fraction, r.score, r.inter, r.union, r.gt_pixels)
+            for s, r in zip(samples, scores)]
 
 
 def compute_metrics(records: list[Record], image_threshold: float) -> dict:
-    """Pixel IoU (dataset-level and mean over defective images), image accuracy, precision, recall,
-    confusion matrix ([[TN, FP], [FN, TP]]), AP and AUROC of the image score."""
-    import torch
-    from torchmetrics.functional.classification import (
-        binary_accuracy,
-        binary_auroc,
-        binary_average_precision,
-        binary_confusion_matrix,
-        binary_precision,
-        binary_recall,
-    )
-
+    """`asset.scoring.metrics` at `image_threshold`: pixel IoU (dataset-level and mean over defective images),
+    image accuracy, precision, recall, confusion matrix ([[TN, FP], [FN, TP]]), AP and AUROC of the image score."""
     if not records:
         raise ValueError("no images to evaluate")
-    y = torch.tensor([r.defective for r in records], dtype=torch.long)
-    decision = torch.tensor([r.fraction >= image_threshold for r in records], dtype=torch.long)
-    score = torch.tensor([r.score for r in records], dtype=torch.float64)
-    inter = sum(r.inter for r in records)
-    union = sum(r.union for r in records)
-    defective = [r for r in records if r.defective]
-    both_classes = 0 < int(y.sum()) < len(records)
-    cm = binary_confusion_matrix(decision, y).tolist()
-    return {
-        "images": len(records),
-        "defective_images": len(defective),
-        "image_threshold": float(image_threshold),
-        "pixel_iou": inter / union if union else 1.0,
-        "mean_iou_defective": float(np.mean([r.iou for r in defective])) if defective else None,
-        "accuracy": _num(binary_accuracy(decision, y)),
-        "precision": _num(binary_precision(decision, y, zero_division=0)),
-        "recall": _num(binary_recall(decision, y, zero_division=0)),
-        "confusion_matrix": {"tn": cm[0][0], "fp": cm[0][1], "fn": cm[1][0], "tp": cm[1][1]},
-        "ap": _num(binary_average_precision(score, y)) if both_classes else None,
-        "auroc": _num(binary_auroc(score, y)) if both_classes else None,
-    }
+    m = scoring.metrics(records, image_threshold)
+    return {"images": m.pop("images"), "defective_images": m.pop("defective_images"),
+            "image_threshold": float(image_threshold), **m}
 
 
 def worst_cases(records: list[Record], image_threshold: float, k: int = 4) -> dict[str, list[Record]]:
@@ -159,12 +99,14 @@ def overlay_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.nda
     return np.concatenate([rgb.astype(np.uint8), sep, tint(gt, (0, 255, 0)), sep, tint(pred, (255, 0, 0))], axis=1)
 
 
-def write_report(out_dir: Path, metrics: dict, records: list[Record], samples: list[Sample], runner: Runner,
+def write_report(out_dir: Path, metrics: dict, records: list[Record], samples: list, runner: Runner,
                  algorithm: Algorithm, title: str, k: int = 4) -> Path:
     """metrics.json, report.md and overlays/*.png under out_dir. Returns the report path."""
+    import io
+
     from PIL import Image
 
-    from asset.modeldir import write_json_atomic, write_text_atomic
+    from asset.modeldir import write_bytes_atomic, write_json_atomic, write_text_atomic
 
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -193,9 +135,11 @@ def write_report(out_dir: Path, metrics: dict, records: list[Record], samples: l
         for r in recs:
             s = by_id[r.id]
             image = load_image(s.path)
-            pred = predict_images(runner, algorithm, [image])[0]
+            pred = scoring.predict_all(runner, algorithm, [image], image_threshold=t)[0]
             name = f"{section}-{r.id.replace('/', '_')}.png"
-            Image.fromarray(overlay_panel(image, load_mask(s.rle), pred.mask)).save(out_dir / "overlays" / name)
+            png = io.BytesIO()
+            Image.fromarray(overlay_panel(image, load_mask(s.rle), pred.mask)).save(png, format="PNG")
+            write_bytes_atomic(out_dir / "overlays" / name, png.getvalue())
             lines.append(f"**{r.id}**: defect fraction {r.fraction:.5f} (threshold {t:.5f}), IoU {r.iou:.3f}")
             lines.append("")
             lines.append(f"![{r.id}](overlays/{name})")

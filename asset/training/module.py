@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from asset.algorithm import SCORE_TIEBREAK
+
 
 def build_loss(name: str, bce_weight: float = 0.5) -> nn.Module:
     """jaccard (IoU loss, as in the paper) | dice | bce | bce_jaccard | bce_dice | focal_dice, from SMP's losses.
@@ -82,22 +84,31 @@ MONITORS = ("val/iou", "val/ap", "val/ap_iou")
 
 class SegmentationModule(L.LightningModule):
     """Trains `net` (images -> logits N x 1 x H x W). Logs train/loss, val/loss, val/iou (dataset-level pixel IoU
-    at pixel threshold `pixel_threshold`), val/ap (average precision of the image score, the predicted defect
-    fraction as in asset/algorithm.py; NaN when val lacks OK or defective images) and val/ap_iou (their mean,
-    val/iou alone when AP is NaN): the checkpoint monitors (MONITORS)."""
+    at pixel threshold `pixel_threshold`; 1 when neither prediction nor truth has a defect pixel), val/ap (average
+    precision of the image score, the predicted defect fraction as in asset/algorithm.py; NaN when val lacks OK or
+    defective images) and val/ap_iou (their mean, val/iou alone when AP is NaN): the checkpoint monitors
+    (MONITORS). The definitions are asset/scoring.py's; the validation metrics are torchmetrics objects, which
+    accumulate per process and sync across processes (DDP) when computed."""
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: dict, scheduler: dict,
                  pixel_threshold: float = 0.5) -> None:
         super().__init__()
+        from torchmetrics.aggregation import SumMetric
+        from torchmetrics.classification import BinaryAveragePrecision, BinaryJaccardIndex
+
         self.net = net
         self.loss = loss
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         self.pixel_threshold = float(pixel_threshold)
-        self._inter = 0.0
-        self._union = 0.0
-        self._scores: list = []
-        self._labels: list = []
+        # states are not persistent: checkpoints hold the same keys as before
+        self.val_iou = BinaryJaccardIndex(zero_division=1.0, validate_args=False)
+        self.val_ap = BinaryAveragePrecision(thresholds=None, normalization=None, validate_args=False)
+        self.val_images = SumMetric()
+        self.val_defective = SumMetric()
+
+    def _val_metrics(self) -> tuple:
+        return self.val_iou, self.val_ap, self.val_images, self.val_defective
 
     def forward(self, x):
         return self.net(x)
@@ -114,9 +125,8 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._inter = torch.zeros((), device=self.device)
-        self._union = torch.zeros((), device=self.device)
-        self._scores, self._labels = [], []
+        for m in self._val_metrics():
+            m.reset()
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch
@@ -125,31 +135,26 @@ class SegmentationModule(L.LightningModule):
         prob = torch.sigmoid(logits)
         pred = prob >= self.pixel_threshold
         gt = y > 0.5
-        self._inter = self._inter + (pred & gt).sum()
-        self._union = self._union + (pred | gt).sum()
+        self.val_iou.update(pred.long(), gt.long())
         # the image score of asset/algorithm.py: defect fraction, ties broken by the maximum probability
-        self._scores.append(pred.flatten(1).float().mean(1) + 1e-6 * prob.flatten(1).amax(1))
-        self._labels.append(gt.flatten(1).any(1))
+        score = pred.flatten(1).float().mean(1) + SCORE_TIEBREAK * prob.flatten(1).amax(1)
+        label = gt.flatten(1).any(1)
+        self.val_ap.update(score.double(), label.long())
+        self.val_images.update(torch.tensor(float(label.numel()), device=self.device))
+        self.val_defective.update(label.sum().float())
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        inter, union = self._inter.float(), self._union.float()
-        if self.trainer.world_size > 1:
-            inter = self.all_gather(inter).sum()
-            union = self.all_gather(union).sum()
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        scores = torch.cat(self._scores) if self._scores else torch.zeros(0, device=self.device)
-        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.bool, device=self.device)
-        if self.trainer.world_size > 1:
-            scores, labels = self.all_gather(scores).flatten(), self.all_gather(labels).flatten()
+        iou = self.val_iou.compute().float()
+        images, defective = int(self.val_images.compute()), int(self.val_defective.compute())
         ap = torch.tensor(float("nan"), device=self.device)
-        if 0 < int(labels.sum()) < labels.numel():
-            from torchmetrics.functional.classification import binary_average_precision
-
-            ap = binary_average_precision(scores.double(), labels.long()).float()
+        if 0 < defective < images:
+            ap = self.val_ap.compute().float()
         self.log("val/iou", iou, prog_bar=True)
         self.log("val/ap", ap, prog_bar=True)
         self.log("val/ap_iou", iou if torch.isnan(ap) else (ap + iou) / 2)
+        for m in self._val_metrics():
+            m.reset()
 
     def configure_optimizers(self):
         opt = build_optimizer(self.net.parameters(), self.optimizer_cfg)

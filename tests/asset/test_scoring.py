@@ -126,3 +126,66 @@ def test_score_items_reads_a_split_batch_by_batch_like_predict_all(tmp_path):
     items[0].height += 1  # a dataset.json that lies about the image size
     with pytest.raises(ModelDirError, match="datatool validate"):
         scoring.score_items(infer, alg, items)
+
+
+# ----------------------------------------------------------------------------- the training module's val metrics
+def _val_loader(logits: list, masks: list, batch_size: int = 2):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.tensor(np.array(logits, dtype=np.float32))[:, None]
+    y = torch.tensor(np.array(masks, dtype=np.float32))[:, None]
+    return DataLoader(TensorDataset(x, y, torch.arange(len(x))), batch_size=batch_size)
+
+
+def _validate(loader, devices: int = 1, strategy: str = "auto") -> dict:
+    import lightning as L
+    from torch import nn
+
+    from asset.training.module import SegmentationModule
+
+    module = SegmentationModule(nn.Identity(), nn.BCEWithLogitsLoss(), {"name": "adam", "lr": 1e-3},
+                                {"name": "none"})
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    [out] = trainer.validate(module, dataloaders=loader, verbose=False)
+    return out
+
+
+# the net is the identity: the inputs are the logits. Four 2 x 2 images, two batches of two:
+LOGITS = [[[5, 5], [-5, -5]],    # A: 2 pixels predicted
+          [[-5, -5], [-5, -5]],  # B: nothing
+          [[-5, -5], [-5, 5]],   # C: 1 pixel predicted
+          [[-4, -4], [-4, -4]]]  # D: nothing, but closer than B
+MASKS = [[[1, 0], [1, 0]],       # A defective: inter 1, union 3
+         [[0, 0], [0, 0]],       # B OK: 0 / 0
+         [[0, 0], [0, 0]],       # C OK: 0 / 1
+         [[0, 0], [1, 0]]]       # D defective: 0 / 1
+
+
+def test_training_val_metrics_equal_a_hand_computation():
+    pytest.importorskip("lightning")
+    out = _validate(_val_loader(LOGITS, MASKS))
+    # pixel IoU over the dataset = 1 / (3 + 0 + 1 + 1)
+    assert out["val/iou"] == pytest.approx(0.2)
+    # image scores: A 0.5, C 0.25, D 1e-6 sigmoid(-4), B 1e-6 sigmoid(-5): ranked pos, neg, pos, neg
+    assert out["val/ap"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3, abs=1e-6)
+    assert out["val/ap_iou"] == pytest.approx((0.5 + 1 / 3 + 0.2) / 2, abs=1e-6)
+    # the same figures from asset.scoring on the same predictions
+    sig = 1 / (1 + np.exp(-np.array([5.0, -5.0, 5.0, -4.0])))
+    scores = np.array([0.5, 0.0, 0.25, 0.0]) + 1e-6 * sig
+    assert out["val/ap"] == pytest.approx(scoring.average_precision(scores, [True, False, False, True]), abs=1e-6)
+    # one class only: AP is NaN and ap_iou is the IoU; nothing predicted nor true: IoU 1
+    ok = _validate(_val_loader(LOGITS[1:3], MASKS[1:3]))
+    assert np.isnan(ok["val/ap"]) and ok["val/iou"] == pytest.approx(0.0) and ok["val/ap_iou"] == ok["val/iou"]
+    empty = _validate(_val_loader(LOGITS[1:2], MASKS[1:2]))
+    assert empty["val/iou"] == 1.0
+
+
+def test_training_val_metrics_are_synced_across_processes():
+    """Two CPU processes (DDP, gloo), each validating half the images: the logged figures are the whole set's
+    (torchmetrics syncs the states), not one process's (rank 0 alone would give IoU 0.25 and AP 1)."""
+    pytest.importorskip("lightning")
+    out = _validate(_val_loader(LOGITS, MASKS), devices=2, strategy="ddp_spawn")
+    assert out["val/iou"] == pytest.approx(0.2)
+    assert out["val/ap"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3, abs=1e-6)
