@@ -95,3 +95,114 @@ def test_compare_an_export_that_fails_to_run(labelled):
         _compare(algorithm, data, broken)
     with pytest.raises(ExportError, match=r"returns logits of shape \(1, 16, 16\) where the reference returns"):
         _compare(algorithm, data, lambda x: bright(x)[:, :, ::2, ::2])
+
+
+# ----------------------------------------------------------------------------- the registry
+def _model_dir(path):
+    """A model directory as far as the export registry and the backends look (no network: the fake needs none)."""
+    from asset import modeldir
+
+    path.mkdir()
+    (path / "weights.pt").write_bytes(b"weights")
+    modeldir.write_card(path, {"arch": "unet", "encoder": "resnet18", "exports": {}})
+    return path
+
+
+@pytest.fixture
+def fake_format(monkeypatch):
+    """A format registered the way a real one is, and nothing else: its module (built in memory here, as
+    asset/export/fake.py would be), its FORMATS row and the EXPORT_KINDS it writes."""
+    import sys
+    import time
+    import types
+
+    from asset import modeldir
+    from asset.export import common, formats
+
+    def export(model_dir, *, precision, data, device, log, options):
+        started = time.perf_counter()
+        staged = common.stage(model_dir, "model.fake")
+        staged.write_bytes(f"fake {precision}".encode())
+        return common.install_and_record(model_dir, modeldir.export_key("fake", precision), staged,
+                                         facts={"device": device, "options": options}, figures={"passed": True},
+                                         versions={}, started=started, log=log)
+
+    module = types.ModuleType("asset.export.fake")
+    module.export = export
+    monkeypatch.setitem(sys.modules, "asset.export.fake", module)
+    monkeypatch.setitem(formats.FORMATS, "fake", formats.ExportFormat("fake", "Fake", "asset.export.fake", (), False,
+                                                                      frozenset({"atol"})))
+    for precision in ("fp16", "int8"):  # run by ONNX Runtime, at a precision no other export gives it
+        monkeypatch.setitem(modeldir.EXPORT_KINDS, f"fake-{precision}", modeldir.ExportKind(
+            f"fake-{precision}", "fake", "onnxruntime", precision, f"exports/model-{precision}.fake"))
+    return module
+
+
+def test_a_new_format_is_one_module_and_one_row(fake_format, tmp_path, capsys):
+    from asset import modeldir
+    from asset.backends.base import BackendError, export_for
+    from asset.cli import main
+    from asset.export import export_model
+
+    m = _model_dir(tmp_path / "m")
+    with pytest.raises(BackendError, match=rf"needs the 'fake-fp16' export.*`asset export --model {m} --format fake "
+                                           r"--precision fp16`"):
+        export_for(modeldir.verify(m), m, "onnxruntime", "fp16")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "\n  fake       fp16,int8" in capsys.readouterr().out
+
+    assert main(["export", "--model", str(m), "--format", "fake", "--atol", "0.5"]) == 0
+    entry = modeldir.verify(m)["exports"]["fake-fp16"]  # the default precision: the format's first kind
+    assert (entry["file"], entry["format"], entry["precision"], entry["backend"]) == (
+        "exports/model-fp16.fake", "fake", "fp16", "onnxruntime")
+    assert entry["device"] == "cpu" and entry["options"] == {"atol": 0.5}
+    assert (m / entry["file"]).read_bytes() == b"fake fp16"
+    assert export_for(modeldir.verify(m), m, "onnxruntime", "fp16")[2] == m / "exports/model-fp16.fake"
+
+    entry = export_model(m, "fake", precision="int8", log=lambda msg: None)
+    assert entry["file"] == "exports/model-int8.fake" and modeldir.export_key_for("onnxruntime", "int8") == "onnx-int8"
+    assert sorted(modeldir.verify(m)["exports"]) == ["fake-fp16", "fake-int8"]
+    assert not list((m / "exports").glob(".tmp-*"))
+
+    assert main(["export", "--model", str(m), "--format", "fake", "--calib-images", "4"]) == 2
+    assert "format 'fake' does not take --calib-images (it takes --atol, --precision)" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="format 'fake' builds fp16, int8, not fp32"):
+        export_model(m, "fake", precision="fp32")
+
+
+def test_unknown_format_lists_the_registry():
+    from asset.export import export_model
+
+    with pytest.raises(ExportError, match="unknown export format 'tflite'; valid: onnx, onnx-int8, openvino, tensorrt"):
+        export_model("nowhere", "tflite")
+
+
+def test_every_row_names_an_exporter_with_the_contract_and_the_kinds_it_writes():
+    import importlib
+    import inspect
+
+    from asset import modeldir
+    from asset.export.formats import FORMATS
+
+    assert {k.format for k in modeldir.EXPORT_KINDS.values()} == set(FORMATS)
+    expected = ["model_dir", "precision", "data", "device", "log", "options"]
+    for name, row in FORMATS.items():
+        assert row.module == f"asset.export.{name.replace('-', '_')}" and row.keys and row.precisions
+        assert {modeldir.EXPORT_KINDS[k].backend for k in row.keys} == {row.backend}
+        params = inspect.signature(importlib.import_module(row.module).export).parameters
+        assert list(params)[:6] == expected, name
+        assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in expected[1:]), name
+    assert FORMATS["tensorrt"].precisions == ("fp16", "fp32", "int8") and FORMATS["tensorrt"].device == "cuda"
+    assert FORMATS["openvino"].keys == ("openvino",) and FORMATS["onnx-int8"].backend == "onnxruntime"
+
+
+def test_the_registry_imports_no_torch_and_no_engine():
+    import subprocess
+    import sys
+
+    code = ("import sys, asset.export, asset.export.formats as f; f.status_table(); "
+            "[r.kinds for r in f.FORMATS.values()]; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'tensorrt') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
