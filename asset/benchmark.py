@@ -1,7 +1,8 @@
 """`asset benchmark`: every backend on this machine, one table (Ultralytics style), JSON beside the Markdown.
 
 For each backend x precision x batch: status (ok / exported but wrong / failed, with the reason), file size,
-accuracy and pixel IoU on a dataset split (through the shared Algorithm), latency p50/p90/p99 in ms per image
+accuracy and pixel IoU on a dataset split (read, batched and scored by asset.scoring, as `asset evaluate --backend`
+does: the same figures), latency p50/p90/p99 in ms per image
 (model call on a preprocessed batch, after warm-up) and throughput. "Exported but wrong": the backend runs but its
 predictions disagree with the reference (PyTorch, else ONNX Runtime fp32): fp32 needs identical decisions and
 >= 99.9% equal mask pixels, reduced precision an accuracy / IoU drop <= max_accuracy_drop.
@@ -21,19 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from asset import modeldir
-from asset.algorithm import Algorithm
+from asset import modeldir, scoring
+from asset.algorithm import Algorithm, load_image
 from asset.backends import BACKENDS, BackendError, backend_status, canonical_name, get_spec, load_backend
-from asset.export import data as D
 
 SCHEMA = "asset-benchmark/1"
 DEFAULT_ORDER = [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
                  ("openvino", "int8"), ("tensorrt", "fp32"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
-# what each (backend, precision) runs: model.json export key (None: weights.pt)
-EXPORT_FOR = {("pytorch", "fp32"): None, ("pytorch", "fp16"): None, ("onnxruntime", "fp32"): "onnx",
-              ("onnxruntime", "int8"): "onnx-int8", ("openvino", "fp32"): ("openvino", "onnx"),
-              ("openvino", "int8"): "onnx-int8", ("tensorrt", "fp32"): "tensorrt-fp32",
-              ("tensorrt", "fp16"): "tensorrt-fp16", ("tensorrt", "int8"): "tensorrt-int8"}
 
 
 @dataclass
@@ -128,6 +123,21 @@ def machine_info() -> dict:
             "versions": versions}
 
 
+def runs_file(card: dict, model_dir: Path, name: str, precision: str) -> tuple[Path | None, str]:
+    """(the file `name` runs at `precision`, "") by the model directory's export contract, or (None, why not:
+    the `asset export` command that makes it)."""
+    try:
+        keys = modeldir.export_keys_for(name, precision)
+        if not keys:
+            return model_dir / card.get("weights", modeldir.WEIGHTS), ""
+        found = modeldir.find_export(card, model_dir, keys)
+    except modeldir.ModelDirError as exc:
+        return None, str(exc)
+    if found is None:
+        return None, f"not exported: {modeldir.export_command(keys[0], model_dir)}"
+    return found[2], ""
+
+
 def _size_mb(path: Path | None) -> float | None:
     if path is None or not path.exists():
         return None
@@ -182,24 +192,18 @@ def run_benchmark(model_dir, targets: list[tuple[str, str]] | None = None, batch
             if status[name]:
                 raise BackendError(f"cannot benchmark {name!r} here: {status[name]}")
     targets = targets or DEFAULT_ORDER
-    items = D.split_items(card, split, data, limit=limit)
+    items = scoring.split_items(card, split, data, limit=limit)
     if not items:
         raise modeldir.ModelDirError(f"the dataset has no {split!r} images to measure accuracy on")
-    images = [D.load_image(i.path) for i in items]
-    masks = [D.load_mask(i.rle) for i in items]
-    exports = card.get("exports") or {}
+    first_image = load_image(items[0].path)  # the latency runs' input
     rows: list[Row] = []
-    reference = None  # (name, precision, predictions)
+    reference = None  # (name, precision, predictions, metrics)
     ordered = sorted(targets, key=lambda t: (t != ("pytorch", "fp32"), t != ("onnxruntime", "fp32")))
     results: dict[tuple[str, str], list[Row]] = {}
     for name, precision in ordered:
         made = [Row(name, precision, b) for b in batches]
         results[(name, precision)] = made
-        key = EXPORT_FOR.get((name, precision))
-        keys = key if isinstance(key, tuple) else (key,)
-        entry = next((exports[k] for k in keys if k and k in exports), None)
-        file = model_dir / entry["file"] if entry else (model_dir / card.get("weights", "weights.pt")
-                                                        if key is None else None)
+        file, why = runs_file(card, model_dir, name, precision)
         for r in made:
             r.file = str(file.relative_to(model_dir)) if file else None
             r.size_mb = _size_mb(file)
@@ -208,10 +212,8 @@ def run_benchmark(model_dir, targets: list[tuple[str, str]] | None = None, batch
             made[0].status, made[0].reason = "unavailable", status[name]
             continue
         if file is None:
-            from asset.export.formats import EXPORT_COMMAND
-
             del made[1:]
-            made[0].status, made[0].reason = "failed", f"not exported: {EXPORT_COMMAND[keys[0]].format(model=model_dir)}"
+            made[0].status, made[0].reason = "failed", why
             continue
         dev = "cuda" if name == "tensorrt" else device
         log(f"{name}/{precision}: loading")
@@ -223,14 +225,13 @@ def run_benchmark(model_dir, targets: list[tuple[str, str]] | None = None, batch
                 r.status, r.reason = "failed", f"{type(exc).__name__}: {exc}"
             continue
         try:
-            logits, metas = D.run_logits(backend.infer, algorithm, images)
-            preds = D.postprocess_each(algorithm, logits, metas)
-            metrics = D.score(preds, items, masks)
+            scores, preds = scoring.score_items(backend.infer, algorithm, items, keep_predictions=True)
+            metrics = scoring.metrics(scores)
             wrong = ""
             if reference is None and precision == "fp32":
                 reference = (name, precision, preds, metrics)
             elif reference is not None:
-                agree = D.agreement(preds, reference[2])
+                agree = scoring.agreement(preds, reference[2])
                 for r in made:
                     r.decisions_equal_reference = f"{agree['decisions_equal']}/{agree['images']}"
                     r.mask_agreement = round(agree["mask_agreement"], 6)
@@ -248,7 +249,7 @@ def run_benchmark(model_dir, targets: list[tuple[str, str]] | None = None, batch
                 if wrong:
                     r.status, r.reason = "exported but wrong", wrong
             for r in made:
-                x = latency_input(algorithm, images[0], r.batch, size)
+                x = latency_input(algorithm, first_image, r.batch, size)
                 times, elapsed = _latency(backend.infer, x, warmup, min_iter, max_iter, min_seconds, max_seconds)
                 per_image = times * 1000 / r.batch
                 r.p50_ms, r.p90_ms, r.p99_ms = (round(float(np.percentile(per_image, q)), 3) for q in (50, 90, 99))
@@ -353,21 +354,14 @@ def run_speed(model_dir, targets: list[tuple[str, str]] | None = None, batches=(
         for name, _ in targets:
             if status[name]:
                 raise BackendError(f"cannot benchmark {name!r} here: {status[name]}")
-    exports = card.get("exports") or {}
     rows: list[Row] = []
     for name, precision in targets or DEFAULT_ORDER:
-        key = EXPORT_FOR.get((name, precision))
-        keys = key if isinstance(key, tuple) else (key,)
-        entry = next((exports[k] for k in keys if k and k in exports), None)
-        file = model_dir / entry["file"] if entry else (model_dir / card.get("weights", "weights.pt")
-                                                        if key is None else None)
+        file, why = runs_file(card, model_dir, name, precision)
         made = [Row(name, precision, b, file=str(file.relative_to(model_dir)) if file else None,
                     size_mb=_size_mb(file)) for b in batches]
         if status[name] or file is None:  # one row says it
-            from asset.export.formats import EXPORT_COMMAND
-
             made[0].status = "unavailable" if status[name] else "failed"
-            made[0].reason = status[name] or f"not exported: {EXPORT_COMMAND[keys[0]].format(model=model_dir)}"
+            made[0].reason = status[name] or why
             rows.append(made[0])
             continue
         rows.extend(made)
