@@ -189,3 +189,15 @@ def test_training_val_metrics_are_synced_across_processes():
     out = _validate(_val_loader(LOGITS, MASKS), devices=2, strategy="ddp_spawn")
     assert out["val/iou"] == pytest.approx(0.2)
     assert out["val/ap"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3, abs=1e-6)
+
+
+def test_runtime_scoring_imports_neither_torch_nor_the_export_package():
+    """Edge images have no torch, and runtime code must not reach into the build-time asset.export package."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asset.scoring, asset.benchmark, asset.evaluation, asset.commands.evaluate; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchmetrics', 'lightning') "
+            "or m.startswith('asset.export')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
