@@ -10,9 +10,11 @@ Backends (this machine):
 {table}
 
 Rows: backend x precision x batch; status ok / exported but wrong / failed (with the reason) / unavailable.
-Accuracy and pixel IoU on --split through the shared pre/post-processing; latency = model call on a preprocessed
-batch, per image, after warm-up (at least --min-iter calls and --min-seconds). Writes OUT.md and OUT.json (machine,
-library versions, every figure), default MODEL_DIR/evaluations/benchmark-HOST-TIME.
+Accuracy and pixel IoU on --split through the shared pre/post-processing and scoring (asset/scoring.py): the
+figures `asset evaluate --backend NAME:PRECISION --split SPLIT` reports in full (precision, recall, AP, ...).
+Latency = model call on a preprocessed batch, per image, after warm-up (at least --min-iter calls and
+--min-seconds). Writes OUT.md and OUT.json (machine, library versions, every figure), default
+MODEL_DIR/evaluations/benchmark-HOST-TIME.
 
 --speed-only needs no dataset (what a device image runs): latency and FPS on a random image at --size (default
 the model's fixed or training size), every backend/precision the model has an export for; writes OUT.md and
