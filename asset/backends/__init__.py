@@ -5,12 +5,17 @@
     b = load_backend("onnxruntime", "models/m", precision="int8", threads=2)
     logits = b.infer(batch)   # float32 NCHW (Algorithm.preprocess) -> float32 N x 1 x H x W
 
-| backend     | precisions       | devices   | runs                                                  | needs torch |
-|-------------|------------------|-----------|-------------------------------------------------------|-------------|
-| pytorch     | fp32, fp16(cuda) | cpu, cuda | weights.pt through the SMP network                    | yes         |
-| onnxruntime | fp32, int8       | cpu, cuda | exports onnx / onnx-int8 (CPU, CUDA, TensorRT EPs)    | no          |
-| openvino    | fp32, int8       | cpu       | export openvino (IR), else the ONNX file; int8: QDQ   | no          |
-| tensorrt    | fp32, fp16, int8 | cuda      | exports tensorrt-fp32/-fp16/-int8 (engine per GPU)    | no          |
+| backend              | precisions       | devices   | runs                                                  | needs torch |
+|----------------------|------------------|-----------|-------------------------------------------------------|-------------|
+| pytorch              | fp32, fp16(cuda) | cpu, cuda | weights.pt through the SMP network                    | yes         |
+| onnxruntime          | fp32, int8       | cpu, cuda | exports onnx / onnx-int8 (CPU; cuda: TensorRT, CUDA)  | no          |
+| onnxruntime-cuda     | fp32, int8       | cuda      | exports onnx / onnx-int8 on the CUDA EP only          | no          |
+| onnxruntime-tensorrt | fp32, fp16, int8 | cuda      | exports onnx / onnx-int8 on ONNX Runtime's TensorRT EP| no          |
+| openvino             | fp32, int8       | cpu       | export openvino (IR), else the ONNX file; int8: QDQ   | no          |
+| tensorrt             | fp32, fp16, int8 | cuda      | exports tensorrt-fp32/-fp16/-int8 (engine per GPU)    | no          |
+
+The two `onnxruntime-*` backends need onnxruntime-gpu (the x86-CUDA image): they are there so that `asset
+benchmark` can set ONNX Runtime's GPU execution providers beside the native TensorRT engines on the same GPU.
 
 Importing this package imports no engine: each backend module is imported when it is loaded.
 """
@@ -36,14 +41,21 @@ class BackendSpec:
     precisions: tuple[str, ...]
     devices: tuple[str, ...]
     needs_gpu: bool = False
+    provider: str | None = None  # ONNX Runtime execution provider this backend needs listed by onnxruntime
 
 
+GPU_ORT = "pip install -r platforms/x86-cuda/requirements-gpu.txt (onnxruntime-gpu replaces onnxruntime)"
 BACKENDS: dict[str, BackendSpec] = {
     "pytorch": BackendSpec("asset.backends.pytorch", "TorchBackend", ("torch", "segmentation_models_pytorch"),
                            "pip install -r asset/requirements.txt", ("fp32", "fp16"), ("cpu", "cuda")),
     "onnxruntime": BackendSpec("asset.backends.ort", "OnnxRuntimeBackend", ("onnxruntime",),
                                "pip install onnxruntime (or onnxruntime-gpu for CUDA)", ("fp32", "int8"),
                                ("cpu", "cuda")),
+    "onnxruntime-cuda": BackendSpec("asset.backends.ort", "OnnxRuntimeCudaBackend", ("onnxruntime",), GPU_ORT,
+                                    ("fp32", "int8"), ("cuda",), needs_gpu=True, provider="CUDAExecutionProvider"),
+    "onnxruntime-tensorrt": BackendSpec("asset.backends.ort", "OnnxRuntimeTensorRTBackend", ("onnxruntime",),
+                                        GPU_ORT, ("fp32", "fp16", "int8"), ("cuda",), needs_gpu=True,
+                                        provider="TensorrtExecutionProvider"),
     "openvino": BackendSpec("asset.backends.ov", "OpenVinoBackend", ("openvino",), "pip install openvino",
                             ("fp32", "int8"), ("cpu",)),
     # cuda-python (module cuda.bindings) moves the engine's inputs and outputs to and from the GPU
@@ -54,13 +66,22 @@ BACKENDS: dict[str, BackendSpec] = {
 }
 
 
+ALIASES = {"torch": "pytorch", "ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino", "trt": "tensorrt",
+           "ort-cuda": "onnxruntime-cuda", "ort-trt": "onnxruntime-tensorrt", "ort-tensorrt": "onnxruntime-tensorrt",
+           "onnxruntime-trt": "onnxruntime-tensorrt"}
+
+
+def _norm(name: str) -> str:
+    return str(name).lower().replace("_", "").replace("-", "")
+
+
 def get_spec(name: str) -> BackendSpec:
-    key = str(name).lower().replace("_", "").replace("-", "")
-    aliases = {"torch": "pytorch", "ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino", "trt": "tensorrt"}
-    key = aliases.get(key, key)
-    if key not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
-    return BACKENDS[key]
+    key = _norm(name)
+    key = next((_norm(v) for k, v in ALIASES.items() if _norm(k) == key), key)
+    for k, spec in BACKENDS.items():
+        if _norm(k) == key:
+            return spec
+    raise BackendError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
 
 
 def canonical_name(name: str) -> str:
@@ -103,6 +124,17 @@ def _missing(spec: BackendSpec) -> list[str]:
     return [PACKAGE_OF.get(m, m) for m in spec.requires if not installed(m)]
 
 
+def provider_missing(provider: str) -> str | None:
+    """Why this onnxruntime cannot offer `provider` (None: it lists it)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider in available:
+        return None
+    return (f"onnxruntime-gpu not installed (this onnxruntime {ort.__version__} has {', '.join(available)}, no "
+            f"{provider}: {GPU_ORT})")
+
+
 def backend_status() -> dict[str, str | None]:
     """name -> None when the backend can run on this machine, else the reason (not installed, no GPU)."""
     out: dict[str, str | None] = {}
@@ -112,10 +144,16 @@ def backend_status() -> dict[str, str | None]:
         if missing:
             out[name] = f"not installed ({', '.join(missing)} missing: {spec.install})"
             continue
+        if spec.provider:
+            why = provider_missing(spec.provider)
+            if why:
+                out[name] = why
+                continue
         if spec.needs_gpu:
             gpus = cuda_device_count() if gpus is None else gpus
             if not gpus:
-                out[name] = "no CUDA GPU on this machine (TensorRT engines run on NVIDIA GPUs only)"
+                out[name] = (f"no CUDA GPU on this machine ({'TensorRT engines' if name == 'tensorrt' else name} "
+                             "runs on NVIDIA GPUs only)")
                 continue
         out[name] = None
     return out

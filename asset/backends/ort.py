@@ -1,5 +1,11 @@
-"""ONNX Runtime backend: the `onnx` (fp32) or `onnx-int8` export, on the CPU, CUDA or TensorRT execution providers.
-No torch needed."""
+"""ONNX Runtime backends: the `onnx` (fp32) or `onnx-int8` export, no torch needed.
+
+- `onnxruntime`: the CPU provider on device cpu; on cuda the best of TensorRT, CUDA (then CPU for the rest).
+- `onnxruntime-cuda` / `onnxruntime-tensorrt`: one GPU execution provider each (onnxruntime-gpu, x86-CUDA image),
+  so that the benchmark can set them beside the native TensorRT backend. Each refuses to start rather than fall
+  back silently to another provider. fp16 on the TensorRT provider is its `trt_fp16_enable` over the fp32 export;
+  int8 is the onnx-int8 Q/DQ model (TensorRT provider: `trt_int8_enable`, no calibration table: the Q/DQ scales).
+"""
 
 from __future__ import annotations
 
@@ -46,13 +52,15 @@ def session_options(threads: int):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    export_keys = EXPORT_KEYS  # precision -> the model.json export it runs
 
     def __init__(self, model_dir: Path, card: dict, *, precision: str = "fp32", device: str = "cpu",
-                 threads: int = 1, providers: list | None = None, file: str | Path | None = None) -> None:
+                 threads: int = 1, providers: list | None = None, file: str | Path | None = None,
+                 fallback: bool = True) -> None:
         import onnxruntime as ort
 
         if file is None:
-            _, path = export_entry(card, model_dir, EXPORT_KEYS[precision], self.name)
+            _, path = export_entry(card, model_dir, self.export_keys[precision], self.name)
         else:
             path = Path(file)
         providers = providers or default_providers(device)
@@ -63,7 +71,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"execution providers {unknown} are not available here "
                                f"(available: {', '.join(sorted(available))})")
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+            self._session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers,
+                                                 enable_fallback=int(fallback))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"{path}: onnxruntime cannot load it ({exc})") from None
         self._input = self._session.get_inputs()[0].name
@@ -81,3 +90,64 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self._session = None
+
+
+# provider -> why it may be listed by onnxruntime and still not start
+PROVIDER_NEEDS = {
+    "CUDAExecutionProvider": "onnxruntime-gpu's CUDA 12 and cuDNN 9 libraries (pip install -r "
+                             "platforms/x86-cuda/requirements-gpu.txt pulls them) and an NVIDIA driver for CUDA 12",
+    "TensorrtExecutionProvider": "the TensorRT libraries onnxruntime-gpu was built against (libnvinfer, TensorRT 10.x "
+                                 "for onnxruntime-gpu 1.31) on the library path, besides those of CUDAExecutionProvider",
+}
+
+
+def provider_options(provider: str, precision: str, index: int) -> dict:
+    """Options of one GPU execution provider for `precision` on CUDA device `index`."""
+    if provider == "TensorrtExecutionProvider":
+        return {"device_id": index, "trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8",
+                "trt_max_workspace_size": 4 << 30}
+    return {"device_id": index}
+
+
+class _GpuProviderBackend(OnnxRuntimeBackend):
+    """One GPU execution provider (CUDA as the fallback for nodes TensorRT does not take), never silently the CPU."""
+
+    provider = ""
+
+    def __init__(self, model_dir: Path, card: dict, *, precision: str = "fp32", device: str = "cuda",
+                 threads: int = 1, file: str | Path | None = None) -> None:
+        import onnxruntime as ort
+
+        kind, index = parse_device(device)
+        if kind != "cuda":
+            raise BackendError(f"backend {self.name!r} runs on NVIDIA GPUs only: use --device cuda")
+        if precision not in self.export_keys:
+            raise BackendError(f"backend {self.name!r} runs {', '.join(self.export_keys)}, not {precision}")
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise BackendError(f"{self.provider} is not in this onnxruntime ({ort.__version__}: "
+                               f"{', '.join(available)}): install onnxruntime-gpu (pip install -r "
+                               "platforms/x86-cuda/requirements-gpu.txt)")
+        chain = [(self.provider, provider_options(self.provider, precision, index))]
+        if self.provider != "CUDAExecutionProvider" and "CUDAExecutionProvider" in available:
+            chain.append(("CUDAExecutionProvider", {"device_id": index}))
+        super().__init__(model_dir, card, precision=precision, device=device, threads=threads,
+                         providers=chain + ["CPUExecutionProvider"], file=file, fallback=False)
+        if self.providers[0] != self.provider:
+            got = ", ".join(self.providers)
+            self.close()
+            raise BackendError(f"{self.provider} did not start (onnxruntime runs {got} instead; its log says why): it "
+                               f"needs {PROVIDER_NEEDS[self.provider]}")
+        self.device = f"cuda:{index}"
+
+
+class OnnxRuntimeCudaBackend(_GpuProviderBackend):
+    name = "onnxruntime-cuda"
+    provider = "CUDAExecutionProvider"
+    export_keys = {"fp32": "onnx", "int8": "onnx-int8"}
+
+
+class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
+    name = "onnxruntime-tensorrt"
+    provider = "TensorrtExecutionProvider"
+    export_keys = {"fp32": "onnx", "fp16": "onnx", "int8": "onnx-int8"}

@@ -15,8 +15,9 @@ where the flag is kept and ignored), so each tensor's precision comes from the O
 - fp16: exports/model.onnx converted to mixed precision (asset/export/mixed_precision.py: float32 I/O, float32
   where FP16 is not enough), staged and removed after the build;
 - int8: exports/model-int8.onnx, the onnx-int8 export's explicit Q/DQ model: one calibration, shared with ONNX
-  Runtime. TensorRT takes only signed symmetric INT8 Q/DQ (int8 zero points, all 0): `check_int8_qdq` refuses
-  anything else before the build, with how to fix it.
+  Runtime. TensorRT takes only signed symmetric INT8 Q/DQ (int8 zero points, all 0, float biases): the model is
+  spelled that way exactly (`asset.export.onnx_int8.signed_for_tensorrt`: uint8 zero point 128 -> int8 0, int32
+  biases -> float) and `check_int8_qdq` refuses anything else (asymmetric) before the build, with how to fix it.
 One optimisation profile: batch 1..max_batch, H x W from the first verification image (opt) up to the largest of
 them (max), down to 32 (min) when H/W are dynamic. The engine's facts (TensorRT version, GPU name, compute
 capability, profile, source ONNX) are recorded in model.json; the backend refuses an engine built by another
@@ -42,6 +43,7 @@ from asset import modeldir
 from asset.algorithm import Algorithm
 from asset.backends.base import parse_device
 from asset.export.formats import ExportError, check_arguments
+from asset.export.verify import compare
 
 DEFAULTS = {"precision": "fp16", "verify_images": 128, "atol": 1e-3, "max_accuracy_drop": 0.02, "workspace": 4.0,
             "max_batch": 16}
@@ -49,6 +51,7 @@ ONNX_ONLY = ("opset", "simplify", "dynamic")  # options of making the ONNX file,
 RANDOM_IMAGES = 8  # verification inputs when no dataset can be read on this machine
 RANDOM_SIZE = (256, 256)  # their size when the model card records none
 SOURCES = {"fp32": "onnx", "fp16": "onnx", "int8": "onnx-int8"}  # the export each engine precision is built from
+REFERENCE = "the ONNX export (onnxruntime fp32, exports/model.onnx)"  # what every engine is verified against
 
 # Every `tensorrt` attribute this module and asset/backends/trt.py use (Class.member for members). Checked against
 # the real module where it imports (test_trt_build.py), and the only names the tests' fake module offers.
@@ -66,7 +69,8 @@ TRT_API = (
     "ICudaEngine", "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
     "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_profile_shape", "ICudaEngine.create_execution_context",
     "TensorIOMode", "TensorIOMode.INPUT", "TensorIOMode.OUTPUT",
-    "IExecutionContext", "IExecutionContext.set_input_shape", "IExecutionContext.get_tensor_shape", "IExecutionContext.set_tensor_address",
+    "IExecutionContext", "IExecutionContext.set_input_shape", "IExecutionContext.get_tensor_shape",
+    "IExecutionContext.set_tensor_address",
     "IExecutionContext.execute_async_v3",
 )
 # Removed in TensorRT 11 (NVIDIA's "Removed Python APIs and Replacements"): must never be used again.
@@ -262,58 +266,6 @@ def build_engine(onnx_path: Path, out_path: Path, *, device: str, opt_shape, max
             "workspace_gb": workspace_gb}
 
 
-def verify_engine(infer, reference, algorithm: Algorithm, inputs, *, exact: bool, atol: float, max_drop: float,
-                  what: str, log, same_decisions: bool = False) -> dict:
-    """Compare the engine with the fp32 ONNX export under ONNX Runtime. fp32: max |logit diff| <= atol x
-    max(1, |logit|) and identical decisions; fp16/int8: accuracy and pixel IoU drop <= max_drop on dataset images,
-    or on random images (no labels) at most max_drop of the mask pixels changed; `same_decisions` (fp16) also needs
-    every image decision unchanged. Raises ExportError with the figures."""
-    from asset.export import data as D
-
-    split, items, images, masks = inputs
-    ref_logits, metas = D.run_logits(reference, algorithm, images)
-    try:
-        logits, _ = D.run_logits(infer, algorithm, images)
-    except Exception as exc:  # noqa: BLE001 - any engine failure is the export's failure
-        raise ExportError(f"{what}: the engine fails to run ({exc}); nothing was written") from None
-    ref_preds, preds = D.postprocess_each(algorithm, ref_logits, metas), D.postprocess_each(algorithm, logits, metas)
-    diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(logits, ref_logits))
-    scale = max(1.0, max(float(np.max(np.abs(b))) for b in ref_logits))
-    agree = D.agreement(preds, ref_preds)
-    n = len(images)
-    figures = {"reference": "onnxruntime fp32 (exports/model.onnx)",
-               "inputs": f"{n} {split} images" if split else f"{n} random images (no dataset here)",
-               "images": n, "max_abs_diff": diff, "max_abs_logit": scale, "tolerance": atol * scale if exact else None,
-               "decisions_equal": agree["decisions_equal"], "mask_agreement": round(agree["mask_agreement"], 6)}
-    text = (f"max |logit diff| {diff:.3g} (largest |logit| {scale:.3g}), decisions equal {agree['decisions_equal']}/"
-            f"{n}, mask pixels equal {agree['mask_agreement']:.4%} on {figures['inputs']}")
-    if exact:
-        ok = diff <= atol * scale and agree["decisions_equal"] == n
-        rule = f"needs max diff <= {atol:g} x max(1, |logit|) and identical decisions"
-    elif split:
-        ours = D.score(preds, items, masks)
-        theirs = D.score(ref_preds, items, masks)
-        figures.update({"accuracy": {"onnx": theirs["accuracy"], "engine": ours["accuracy"]},
-                        "pixel_iou": {"onnx": theirs["pixel_iou"], "engine": ours["pixel_iou"]},
-                        "accuracy_change": ours["accuracy"] - theirs["accuracy"],
-                        "pixel_iou_change": ours["pixel_iou"] - theirs["pixel_iou"]})
-        text += (f", accuracy {theirs['accuracy']:.4f} -> {ours['accuracy']:.4f}, pixel IoU "
-                 f"{theirs['pixel_iou']:.4f} -> {ours['pixel_iou']:.4f}")
-        ok = figures["accuracy_change"] >= -max_drop and figures["pixel_iou_change"] >= -max_drop
-        rule = f"needs accuracy and pixel IoU to drop by <= {max_drop:g}"
-    else:
-        ok = agree["mask_agreement"] >= 1 - max_drop
-        rule = f"needs >= {1 - max_drop:.2%} equal mask pixels (no labelled images here)"
-    if same_decisions and not exact:
-        ok = ok and agree["decisions_equal"] == n
-        rule += " and identical decisions"
-    figures["passed"] = bool(ok)
-    log(f"{what}: {text}")
-    if not ok:
-        raise ExportError(f"{what} failed verification against the ONNX export: {text}; {rule}. Nothing was written")
-    return figures
-
-
 def _stage(model_dir: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f"{modeldir.TMP_PREFIX}{name}.", dir=model_dir / "exports")
     os.close(fd)
@@ -350,8 +302,6 @@ def export_engine(model_dir: str | os.PathLike, *, data=None, device: str = "cud
     if parse_device(device)[0] != "cuda":
         raise ExportError("TensorRT engines are built on an NVIDIA GPU: --device cuda[:N]")
     source = {"source": str(build_src.relative_to(model_dir))}
-    if precision == "int8":
-        source["quantisation"] = check_int8_qdq(build_src)
     algorithm = Algorithm.from_card(card)
     inputs = verification_inputs(card, data, int(opts["verify_images"]), log)
     shapes = [algorithm.preprocess([img])[0].shape for img in inputs[2]]
@@ -368,6 +318,15 @@ def export_engine(model_dir: str | os.PathLike, *, data=None, device: str = "cud
             source["source"] = f"{src.relative_to(model_dir)} converted to mixed precision (FP16, float32 I/O)"
             log(f"tensorrt-fp16: {source['mixed_precision']['converter']}, kept in FP32: "
                 f"{', '.join(source['mixed_precision']['fp32_kept']) or 'nothing'}")
+        if precision == "int8":  # exactly the same Q/DQ grid, spelled the way TensorRT reads it
+            import onnx
+
+            from asset.export.onnx_int8 import signed_for_tensorrt
+
+            staged.append(_stage(model_dir, "model-int8-signed.onnx"))
+            onnx.save(signed_for_tensorrt(build_src), str(staged[-1]))
+            build_src = staged[-1]
+            source["quantisation"] = check_int8_qdq(build_src)  # before any TensorRT call
         facts = build_engine(build_src, tmp, device=device, opt_shape=opt,
                              max_shape=(int(opts["max_batch"]), opt[1], *max_hw),
                              workspace_gb=float(opts["workspace"]), log=log)
@@ -377,9 +336,9 @@ def export_engine(model_dir: str | os.PathLike, *, data=None, device: str = "cud
         reference = load_backend("onnxruntime", model_dir, precision="fp32", card=card, verify=False)
         max_drop = mixed_precision.FP16_MAX_IOU_CHANGE if precision == "fp16" else float(opts["max_accuracy_drop"])
         try:
-            figures = verify_engine(engine.infer, reference.infer, algorithm, inputs, exact=precision == "fp32",
-                                    atol=float(opts["atol"]) * 10, max_drop=max_drop, what=key, log=log,
-                                    same_decisions=precision == "fp16")
+            figures = compare(engine.infer, reference.infer, algorithm, inputs, exact=precision == "fp32",
+                              atol=float(opts["atol"]) * 10, max_drop=max_drop, what=key, reference_name=REFERENCE,
+                              log=log, same_decisions=precision == "fp16")
         finally:
             engine.close()
             reference.close()

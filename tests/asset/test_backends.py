@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,24 +30,47 @@ def _val_images():
 
 def test_backend_status_contract():
     st = backend_status()
-    assert set(st) == set(BACKENDS) == {"pytorch", "onnxruntime", "openvino", "tensorrt"}
+    assert set(st) == set(BACKENDS) == {"pytorch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt",
+                                        "openvino", "tensorrt"}
     assert all(v is None or (isinstance(v, str) and v) for v in st.values())
     assert st["onnxruntime"] is None and st["pytorch"] is None
 
 
+CANDIDATES = [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime-cuda", "fp32"),
+              ("onnxruntime-tensorrt", "fp32"), ("onnxruntime-tensorrt", "fp16"), ("tensorrt", "fp32"),
+              ("tensorrt", "fp16")]
+
+
 def _available():
     st = backend_status()
-    return [(n, p) for n, p in [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
-                                ("tensorrt", "fp32"), ("tensorrt", "fp16")] if st[n] is None]
+    return [(n, p) for n, p in CANDIDATES if st[n] is None]
 
 
-def test_every_available_backend_agrees_with_pytorch():
+def _with_engines(tmp_path, wanted) -> Path:
+    """The shared model, or a copy with the TensorRT engines `wanted` needs, built here first (a backend is only
+    compared once its export exists; a failing build fails the test)."""
     m = shared()["model"]
+    precisions = [p for n, p in wanted if n == "tensorrt"]
+    if not precisions:
+        return m
+    from asset.export.tensorrt import export_engine
+
+    m = copy_model(m, tmp_path / "with-engines")
+    for precision in precisions:
+        export_engine(m, precision=precision, device="cuda", log=lambda s: None, verify_images=16)
+    return m
+
+
+def test_every_available_backend_agrees_with_pytorch(tmp_path):
+    wanted = _available()
+    skipped = {f"{n}:{p}": backend_status()[n] for n, p in CANDIDATES if (n, p) not in wanted}
+    print("not compared here:", skipped)
+    m = _with_engines(tmp_path, wanted)
     items, images = _val_images()
     images = images + [np.ascontiguousarray(images[0][:24, :40])]  # another size in the same call
     results = {}
-    for name, precision in _available():
-        device = "cuda" if name == "tensorrt" else "cpu"
+    for name, precision in wanted:
+        device = "cuda" if BACKENDS[name].needs_gpu else "cpu"
         with Predictor(m, name, precision=precision, device=device, batch_size=3) as p:
             assert isinstance(p.backend, Backend) and p.backend.name == name and p.backend.precision == precision
             results[(name, precision)] = p.predict(images)
@@ -128,6 +152,69 @@ def test_backend_errors_say_what_to_do(tmp_path):
         load_backend("onnxruntime", bare)
     with pytest.raises(BackendError, match="'onnx-int8' export"):
         Predictor(bare, "onnxruntime", precision="int8")
+
+
+def test_onnxruntime_gpu_backends_here(monkeypatch):
+    """Without onnxruntime-gpu the GPU provider backends say so; with a fake onnxruntime that lists the providers,
+    the provider chain, its options per precision and the refusal to fall back silently are checked."""
+    import onnxruntime as ort
+
+    from asset.backends import ort as O
+
+    m = shared()["model"]
+    st = backend_status()
+    for name, provider in (("onnxruntime-cuda", "CUDAExecutionProvider"),
+                           ("onnxruntime-tensorrt", "TensorrtExecutionProvider")):
+        if provider not in ort.get_available_providers():
+            assert st[name].startswith("onnxruntime-gpu not installed") and provider in st[name], st[name]
+            with pytest.raises(BackendError, match="onnxruntime-gpu not installed"):
+                load_backend(name, m, device="cuda")
+        with pytest.raises(BackendError, match="runs on NVIDIA GPUs only"):
+            load_backend(name, m, device="cpu")
+    with pytest.raises(BackendError, match="runs fp32, int8, not fp16"):
+        load_backend("ort-cuda", m, precision="fp16", device="cuda")
+    from asset import modeldir
+
+    card = modeldir.verify(m)
+    seen = {}
+
+    class Session:  # records what the backend asks of onnxruntime; "starts" the providers in `started`
+        started = None
+
+        def __init__(self, path, sess_options=None, providers=None, enable_fallback=1):
+            seen.update(path=path, providers=providers, enable_fallback=enable_fallback)
+            self._providers = Session.started or [p[0] if isinstance(p, tuple) else p for p in providers]
+
+        def get_providers(self):
+            return self._providers
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "images"})]
+
+        get_outputs = get_inputs
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu)
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    b = O.OnnxRuntimeTensorRTBackend(m, card, precision="fp16", device="cuda:1")
+    assert seen["providers"] == [
+        ("TensorrtExecutionProvider", {"device_id": 1, "trt_fp16_enable": True, "trt_int8_enable": False,
+                                       "trt_max_workspace_size": 4 << 30}),
+        ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert seen["enable_fallback"] == 0 and seen["path"].endswith("exports/model.onnx")
+    assert b.info()["providers"] == gpu and b.device == "cuda:1" and b.name == "onnxruntime-tensorrt"
+    O.OnnxRuntimeTensorRTBackend(m, card, precision="int8", device="cuda")
+    assert seen["providers"][0][1]["trt_int8_enable"] and seen["path"].endswith("exports/model-int8.onnx")
+    c = O.OnnxRuntimeCudaBackend(m, card, precision="int8", device="cuda")
+    assert seen["providers"] == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert c.name == "onnxruntime-cuda" and seen["path"].endswith("exports/model-int8.onnx")
+    Session.started = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # the TensorRT provider failed to load
+    with pytest.raises(BackendError, match=r"TensorrtExecutionProvider did not start \(onnxruntime runs "
+                                           r"CUDAExecutionProvider, CPUExecutionProvider instead.*libnvinfer"):
+        O.OnnxRuntimeTensorRTBackend(m, card, precision="fp32", device="cuda")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(BackendError, match="CUDAExecutionProvider is not in this onnxruntime"):
+        O.OnnxRuntimeCudaBackend(m, card, device="cuda")
 
 
 def test_tensorrt_backend_or_reason():

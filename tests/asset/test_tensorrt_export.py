@@ -134,25 +134,25 @@ def test_verification_against_the_onnx_export(onnx_model):
     algorithm = Algorithm.from_card(card)
     ref = load_backend("onnxruntime", onnx_model, card=card, threads=1)
     int8 = load_backend("onnxruntime", onnx_model, precision="int8", card=card, threads=1)
-    quiet = {"log": lambda m: None, "what": "tensorrt-fp32"}
+    quiet = {"log": lambda m: None, "what": "tensorrt-fp32", "reference_name": T.REFERENCE}
     try:
         labelled = T.verification_inputs(card, None, 8, log=lambda m: None)
         random = (None, [], T.random_images(card), None)
         for inputs in (labelled, random):
-            same = T.verify_engine(ref.infer, ref.infer, algorithm, inputs, exact=True, atol=1e-2, max_drop=0.02,
+            same = T.compare(ref.infer, ref.infer, algorithm, inputs, exact=True, atol=1e-2, max_drop=0.02,
                                    **quiet)
             assert same["passed"] and same["max_abs_diff"] == 0 and same["decisions_equal"] == same["images"]
             with pytest.raises(ExportError, match="failed verification against the ONNX export"):
-                T.verify_engine(lambda x: -ref.infer(x), ref.infer, algorithm, inputs, exact=True, atol=1e-2,
+                T.compare(lambda x: -ref.infer(x), ref.infer, algorithm, inputs, exact=True, atol=1e-2,
                                 max_drop=0.02, **quiet)
-        figures = T.verify_engine(int8.infer, ref.infer, algorithm, labelled, exact=False, atol=1e-2, max_drop=1.0,
+        figures = T.compare(int8.infer, ref.infer, algorithm, labelled, exact=False, atol=1e-2, max_drop=1.0,
                                   **quiet)
         assert figures["inputs"] == f"{len(labelled[2])} val images" and "accuracy_change" in figures
-        figures = T.verify_engine(int8.infer, ref.infer, algorithm, random, exact=False, atol=1e-2, max_drop=1.0,
+        figures = T.compare(int8.infer, ref.infer, algorithm, random, exact=False, atol=1e-2, max_drop=1.0,
                                   **quiet)
         assert figures["inputs"] == "8 random images (no dataset here)" and "accuracy_change" not in figures
         with pytest.raises(ExportError, match="equal mask pixels"):
-            T.verify_engine(lambda x: -ref.infer(x), ref.infer, algorithm, random, exact=False, atol=1e-2,
+            T.compare(lambda x: -ref.infer(x), ref.infer, algorithm, random, exact=False, atol=1e-2,
                             max_drop=0.02, **quiet)
     finally:
         ref.close()
