@@ -351,13 +351,17 @@ def load_mask(rle: dict) -> np.ndarray:
     return decode_mask(rle)
 
 
-def calibrate_image_threshold(scores, labels) -> tuple[float, float]:
+def calibrate_image_threshold(scores, labels, min_fraction: float | None = None) -> tuple[float, float]:
     """The image threshold (on the defect fraction) with the best accuracy on (scores, labels).
 
-    Decision: defective when fraction >= t. Candidates are the distinct fractions (plus "above all"),
-    and the chosen t is moved half-way down to the next lower fraction, so that it separates the
-    validation images by a margin rather than sitting on one of them. Ties in accuracy go to the
-    larger threshold (fewer false alarms). Returns (threshold, accuracy)."""
+    Decision: defective when fraction >= t. Candidates are the distinct fractions (plus "above all");
+    ties in accuracy go to the larger threshold (fewer false alarms). The chosen t is then moved into
+    the gap below it, so that it separates the calibration images by a margin rather than sitting on
+    one of them: half-way (linear) by default, or - given `min_fraction`, the share of one pixel - at
+    the geometric mean of the gap's ends (the lower end raised to one pixel). Why geometric: defect
+    fractions span decades (a 2-px crack is 0.01% of a part, a blob 5%), and a threshold calibrated
+    on a handful of defects sat too close to the smallest of them with the linear rule, so smaller
+    defects on new images were missed (issue 12). Returns (threshold, accuracy)."""
     fractions = np.asarray([float(s) for s in scores], dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
     if fractions.size == 0:
@@ -370,5 +374,9 @@ def calibrate_image_threshold(scores, labels) -> tuple[float, float]:
         if acc >= best_acc:
             best_t, best_acc, best_i = float(t), acc, i
     if 0 < best_i < len(values):
-        best_t = float((values[best_i] + values[best_i - 1]) / 2)
+        low, high = float(values[best_i - 1]), float(values[best_i])
+        if min_fraction is not None and high > max(low, min_fraction) > 0:
+            best_t = float(np.sqrt(max(low, min_fraction) * high))
+        else:
+            best_t = (low + high) / 2
     return min(max(best_t, 0.0), 1.0), best_acc

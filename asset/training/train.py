@@ -76,6 +76,7 @@ def size_policy_for(cfg: dict, doc: dict, divisor: int) -> SizePolicy:
 
 
 CALIBRATION_SPLITS = {"val": ("val",), "train+val": ("train", "val")}
+IMAGE_MARGINS = ("geometric", "linear")
 
 
 def check_training_keys(cfg: dict) -> None:
@@ -92,24 +93,30 @@ def check_training_keys(cfg: dict) -> None:
     if t["image_calibration"] not in CALIBRATION_SPLITS:
         raise ConfigError(f"thresholds.image_calibration must be one of {list(CALIBRATION_SPLITS)}, "
                           f"got {t['image_calibration']!r}")
+    if t["image_margin"] not in IMAGE_MARGINS:
+        raise ConfigError(f"thresholds.image_margin must be one of {list(IMAGE_MARGINS)}, got {t['image_margin']!r}")
     n = t["min_calibration_defects"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ConfigError(f"thresholds.min_calibration_defects must be an integer >= 0, got {n!r}")
 
 
-def calibrate(records_by_split: dict, min_defects: int) -> dict:
+def calibrate(records_by_split: dict, min_defects: int, margin: str = "linear", pixels: int | None = None) -> dict:
     """The image threshold from the records of the calibration splits, with how many images set it and a warning
     when fewer than `min_defects` of them are defective (a threshold set by a handful of defects does not carry
-    over to new images: issue 12)."""
+    over to new images: issue 12). margin "geometric" places it at the geometric mean of the gap between OK and
+    defective fractions (lower end at least one pixel of the largest image, `pixels` = its pixel count)."""
     records = [r for recs in records_by_split.values() for r in recs]
-    value, accuracy = calibrate_image_threshold([r.fraction for r in records], [r.defective for r in records])
+    min_fraction = 1.0 / pixels if margin == "geometric" and pixels else None
+    value, accuracy = calibrate_image_threshold([r.fraction for r in records], [r.defective for r in records],
+                                                min_fraction=min_fraction)
     defective = sum(r.defective for r in records)
     warning = None
     if defective < min_defects:
         warning = (f"image threshold calibrated on only {defective} defective image(s) (fewer than {min_defects}): "
                    "it may not hold on new images; add defective images or check it on more data "
                    "(asset evaluate --image-threshold)")
-    return {"split": "+".join(records_by_split), "objective": "accuracy", "value": value, "accuracy": accuracy,
+    return {"split": "+".join(records_by_split), "objective": "accuracy",
+            "margin": "geometric" if min_fraction else "linear", "value": value, "accuracy": accuracy,
             "images": len(records), "defective_images": defective, "ok_images": len(records) - defective,
             "per_split": {k: {"images": len(v), "defective_images": sum(r.defective for r in v)}
                           for k, v in records_by_split.items()},
@@ -251,7 +258,9 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     by_split = {split: evaluate_samples(runner, algorithm, dm.samples(split), d["eval_batch_size"])
                 for split in CALIBRATION_SPLITS[cfg["thresholds"]["image_calibration"]]}
     records = by_split["val"]
-    calibration = calibrate(by_split, cfg["thresholds"]["min_calibration_defects"])
+    largest = max(s.height * s.width for split in by_split for s in dm.samples(split))
+    calibration = calibrate(by_split, cfg["thresholds"]["min_calibration_defects"],
+                            cfg["thresholds"]["image_margin"], largest)
     calibrated = calibration["value"]
     if calibration["warning"]:
         _say(out_dir, f"warning: {calibration['warning']}")

@@ -108,6 +108,24 @@ def test_calibration_best_accuracy_with_margin():
     assert acc == 1.0 and t > 0.0
 
 
+def test_calibration_geometric_margin_keeps_small_defects():
+    """Geometric: the mean of the gap's ends in log terms; an OK side of 0 counts as one pixel."""
+    scores = [0.0, 0.001, 0.002, 0.05, 0.08, 0.2]
+    labels = [0, 0, 0, 1, 1, 1]
+    t, acc = calibrate_image_threshold(scores, labels, min_fraction=1e-6)
+    assert acc == 1.0 and t == pytest.approx((0.002 * 0.05) ** 0.5)
+    # nothing predicted on OK images: the lower end is one pixel, far below the linear rule's half-way point
+    t, _ = calibrate_image_threshold([0.0, 0.0, 0.004, 0.01], [0, 0, 1, 1], min_fraction=1e-6)
+    linear, _ = calibrate_image_threshold([0.0, 0.0, 0.004, 0.01], [0, 0, 1, 1])
+    assert t == pytest.approx((1e-6 * 0.004) ** 0.5) and linear == pytest.approx(0.002)
+    assert 1e-6 < t < 0.001 < linear  # a defect of a quarter of the smallest one is still caught
+    # overlapping classes: still the best-accuracy gap, and a gap that ends below one pixel falls back to linear
+    t, acc = calibrate_image_threshold([0.0, 0.03, 0.02, 0.05], [0, 0, 1, 1], min_fraction=1e-6)
+    assert acc == 0.75 and 0.03 < t < 0.05
+    t, _ = calibrate_image_threshold([0.0, 1e-7], [0, 1], min_fraction=1e-6)
+    assert t == pytest.approx(5e-8)
+
+
 def test_configs_load_and_help_explains_every_key(capsys):
     from importlib import resources
 

@@ -26,6 +26,14 @@ def test_calibration_uses_every_split_and_counts_them():
     assert 0.001 < val_only["value"] < 0.02 and not 0.004 < val_only["value"] < 0.006
 
 
+def test_geometric_margin_is_recorded_and_uses_one_pixel_of_the_largest_image():
+    val = [rec(0, 0.0, False), rec(1, 0.0, False), rec(2, 0.004, True)]
+    cal = calibrate({"val": val}, min_defects=1, margin="geometric", pixels=500 * 1250)
+    assert cal["margin"] == "geometric" and cal["value"] == pytest.approx((0.004 / (500 * 1250)) ** 0.5)
+    lin = calibrate({"val": val}, min_defects=1)
+    assert lin["margin"] == "linear" and lin["value"] == pytest.approx(0.002)
+
+
 @pytest.mark.parametrize("defects,warned", [(4, True), (19, True), (20, False)])
 def test_warning_when_too_few_defective_images(defects, warned):
     records = [rec(i, 0.01, True) for i in range(defects)] + [rec(100 + i, 0.0, False) for i in range(50)]

@@ -54,6 +54,7 @@ def test_losses_prefer_the_right_mask(name):
     ("data.oversample", "1.5", "data.oversample"), ("checkpoint.monitor", "val/loss", "checkpoint.monitor"),
     ("thresholds.image_calibration", "test", "thresholds.image_calibration"),
     ("thresholds.min_calibration_defects", "-1", "min_calibration_defects"),
+    ("thresholds.image_margin", "middle", "thresholds.image_margin"),
 ])
 def test_bad_keys_are_refused_before_training(rare_dataset, tmp_path, capsys, key, value, message):
     out = tmp_path / "m"
