@@ -1,8 +1,8 @@
 """The one way a model's predictions are batched and scored, whatever runs it (numpy only, no torch).
 
-Training (asset/training/module.py logs the same definitions through torchmetrics), `asset evaluate` (any
-backend), export verification and `asset benchmark` all score through here, so a figure means the same
-everywhere:
+`asset evaluate` (any backend), export verification and `asset benchmark` score through here, so a figure means
+the same everywhere; training's validation metrics (asset/training/module.py) are the same definitions computed by
+torchmetrics objects on the network-frame masks of each batch (tests/asset/test_scoring.py checks both):
 
     items = split_items(card, "test", data)                      # the dataset's images of one split
     scores, _ = score_items(backend.infer, algorithm, items)      # read, batched by network shape, scored
