@@ -79,8 +79,9 @@ def convert(src: str | Path):
 
 def write(src: str | Path, dst: str | Path) -> dict:
     """Convert `src` and save it to `dst`. Returns the facts recorded with the engine (tool, what stayed FP32)."""
-    import onnx
     from importlib import metadata
+
+    import onnx
 
     mixed = convert(src)
     onnx.save(mixed, str(dst))
