@@ -85,10 +85,12 @@ EXPORT_KINDS: dict[str, ExportKind] = _kinds(
 )
 
 # Other backends that read a kind's file too, after their own kind (OpenVINO compiles ONNX: fp32 falls back to the
-# ONNX export when there is no IR, and int8 runs the onnx-int8 QDQ model, having no int8 export of its own).
+# ONNX export when there is no IR, and int8 runs the onnx-int8 QDQ model, having no int8 export of its own; ONNX
+# Runtime's CUDA and TensorRT execution providers run the ONNX files, fp16 being the TensorRT EP's over fp32).
 ALSO_RUN_BY: dict[str, tuple[tuple[str, str], ...]] = {
-    "onnx": (("openvino", "fp32"),),
-    "onnx-int8": (("openvino", "int8"),),
+    "onnx": (("openvino", "fp32"), ("onnxruntime-cuda", "fp32"), ("onnxruntime-tensorrt", "fp32"),
+             ("onnxruntime-tensorrt", "fp16")),
+    "onnx-int8": (("openvino", "int8"), ("onnxruntime-cuda", "int8"), ("onnxruntime-tensorrt", "int8")),
 }
 
 
