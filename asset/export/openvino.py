@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asset.export import common, onnx
+from asset.export import common
+from asset.export import onnx as onnx_export
 from asset.export.formats import ExportError
 from asset.export.verify import compare
 
@@ -20,7 +21,7 @@ def export(model_dir: Path, *, precision: str, data, device: str, log, options: 
 
     ctx, opts = common.open_context(FORMAT, model_dir, precision=precision, data=data, options=options, log=log)
     with ctx:
-        src = onnx.source(ctx, opts)
+        src = onnx_export.source(ctx, opts)
         tmpdir = ctx.stage("openvino", directory=True)
         try:
             ov.save_model(ov.convert_model(str(src)), str(tmpdir / "model.xml"), compress_to_fp16=False)

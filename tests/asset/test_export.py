@@ -52,13 +52,13 @@ def test_onnx_parity_each_family(tmp_path, arch, encoder, channels, size):
     assert modeldir.verify(m)["exports"]["onnx"]["verification"] == v
 
 
-def test_int8_static_qdq_per_channel_signed_symmetric():
-    """One calibration for ONNX Runtime and TensorRT: signed INT8 activations and weights, zero point 0."""
+def test_int8_static_qdq_per_channel():
     m = shared()["model"]
     e = modeldir.verify(m)["exports"]["onnx-int8"]
     q = e["quantisation"]
     assert q["format"] == "QDQ" and q["per_channel"] and q["calibration_split"] == "train"
-    assert q["scheme"] == "symmetric" and q["activations"] == q["weights"] == "int8" and q["zero_point"] == 0
+    assert q["scheme"] == "asymmetric" and (q["activations"], q["weights"], q["biases"]) == ("uint8", "int8", "int32")
+    assert q["tensorrt"] == "no"  # recorded, so that `asset export --format tensorrt --precision int8` can say so
     speed = e["speed"]
     assert speed["shape"] == [1, 1, 32, 32] and speed["speedup"] == pytest.approx(
         speed["fp32_ms"] / speed["int8_ms"], rel=0.01, abs=0.002)  # what is recorded is what was measured
@@ -75,11 +75,8 @@ def test_int8_static_qdq_per_channel_signed_symmetric():
         assert w is not None and w.op_type == "DequantizeLinear" and w.input[0] in int8_weights, conv.name
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     named = {n.input[2] for n in qdq if len(n.input) > 2}
-    zero_points = [i for i in graph.initializer if i.name in named]
-    assert len(named) == len(zero_points) > 0
-    types = {z.data_type for z in zero_points}  # signed: int8 activations and weights, int32 biases
-    assert onnx.TensorProto.INT8 in types and types <= {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
-    assert all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # symmetric: every zero point is 0
+    types = {i.data_type for i in graph.initializer if i.name in named}  # uint8 activations, int8 weights, int32 biases
+    assert types == {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.INT32}
     assert (m / e["file"]).stat().st_size < 0.5 * (m / "exports/model.onnx").stat().st_size
 
 
@@ -186,3 +183,57 @@ def test_tensorrt_engine_export():
     for precision in ("fp32", "fp16", "int8"):
         e = export_model(m, "tensorrt", precision=precision, calib_images=8, device="cuda", **QUIET)
         assert e["verification"]["passed"] and e["gpu"]
+
+
+
+def _qdq_conv(path, zero_point: int):
+    """x -> Q/DQ (uint8, given zero point) -> Conv (int8 per-channel weights, int32 bias behind DequantizeLinear)
+    -> Q/DQ: the pattern onnx-int8 writes around every convolution."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    sx, sw = np.float32(0.05), rng.uniform(0.01, 0.02, 3).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in [
+        (sx, "sx"), (np.uint8(zero_point), "zx"), (np.float32(0.1), "sy"), (np.uint8(zero_point), "zy"),
+        (rng.integers(-127, 128, (3, 2, 3, 3)).astype(np.int8), "w"), (sw, "sw"), (np.zeros(3, np.int8), "zw"),
+        (rng.integers(-500, 500, 3).astype(np.int32), "b"), (sx * sw, "sb"), (np.zeros(3, np.int32), "zb")]]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "sy", "zy"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "sy", "zy"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])], inits,
+                              value_info=[helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 2, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_signed_for_tensorrt_is_exact(tmp_path):
+    """uint8 Q/DQ of zero point 128 -> signed INT8 of zero point 0, int32 biases -> float: what TensorRT takes, and
+    the same function (graph optimisations off: ONNX's Q/DQ semantics node by node); an asymmetric model is refused."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from asset.export.onnx_int8 import signed_for_tensorrt
+    from asset.export.tensorrt import check_int8_qdq
+
+    src = _qdq_conv(tmp_path / "u8.onnx", 128)
+    signed = tmp_path / "s8.onnx"
+    onnx.save(signed_for_tensorrt(src), str(signed))
+    assert check_int8_qdq(signed)["int8"] == "signed symmetric (zero point 0)"
+    with pytest.raises(ExportError, match="uint8 zero points .*int32 constants dequantised"):
+        check_int8_qdq(src)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = np.random.default_rng(1).normal(0, 3, (1, 2, 8, 8)).astype(np.float32)  # saturates some values too
+    before, after = (ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                     for p in (src, signed))
+    assert np.abs(before).max() > 1 and np.array_equal(before, after)
+    again = signed_for_tensorrt(signed)  # already signed: unchanged
+    assert again.SerializeToString() == onnx.load(str(signed)).SerializeToString()
+    with pytest.raises(ExportError, match="2 uint8 zero points other than 128.*no exact signed equivalent"):
+        signed_for_tensorrt(_qdq_conv(tmp_path / "asym.onnx", 120))
