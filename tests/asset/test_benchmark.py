@@ -250,3 +250,33 @@ def _seconds(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def test_every_export_backend_finds_the_file_it_runs(tmp_path):
+    """The benchmark's file column comes from the model directory's export contract; each backend class's own
+    export keys (the file it opens) must be the contract's first choice, or the row names the wrong file."""
+    import importlib
+
+    from asset import modeldir
+    from asset.backends import BACKENDS
+    from asset.benchmark import runs_file
+
+    card = {"weights": "weights.pt", "exports": {k: {"file": kind.file} for k, kind in modeldir.EXPORT_KINDS.items()}}
+    checked = 0
+    for name, spec in BACKENDS.items():
+        cls = getattr(importlib.import_module(spec.module), spec.cls, None)
+        for precision, key in (getattr(cls, "export_keys", None) or {}).items():
+            assert modeldir.export_keys_for(name, precision)[0] == key, (name, precision)
+            file, why = runs_file(card, tmp_path, name, precision)
+            assert file == tmp_path / card["exports"][key]["file"] and not why, (name, precision)
+            checked += 1
+    assert checked >= 7  # onnxruntime fp32/int8, its CUDA EP fp32/int8, its TensorRT EP fp32/fp16/int8
+    assert runs_file(card, tmp_path, "pytorch", "fp32") == (tmp_path / "weights.pt", "")
+    assert runs_file(card, tmp_path, "openvino", "fp32")[0] == tmp_path / "exports/openvino/model.xml"
+    del card["exports"]["openvino"], card["exports"]["onnx-int8"]
+    assert runs_file(card, tmp_path, "openvino", "fp32")[0] == tmp_path / "exports/model.onnx"
+    file, why = runs_file(card, tmp_path, "onnxruntime-cuda", "int8")
+    assert file is None and why == f"not exported: asset export --model {tmp_path} --format onnx-int8"
+    card["exports"]["onnx"]["file"] = "../elsewhere.onnx"  # a tampered card: a failed row, not a crash
+    file, why = runs_file(card, tmp_path, "onnxruntime", "fp32")
+    assert file is None and "outside the model directory" in why
