@@ -215,7 +215,7 @@ def run_benchmark(model_dir, targets: list[tuple[str, str]] | None = None, batch
             del made[1:]
             made[0].status, made[0].reason = "failed", why
             continue
-        dev = "cuda" if name == "tensorrt" else device
+        dev = "cuda" if BACKENDS[name].needs_gpu else device  # tensorrt, onnxruntime-cuda / -tensorrt
         log(f"{name}/{precision}: loading")
         try:
             backend = load_backend(name, model_dir, precision=precision, device=dev, threads=threads, card=card,
@@ -367,7 +367,7 @@ def run_speed(model_dir, targets: list[tuple[str, str]] | None = None, batches=(
         rows.extend(made)
         log(f"{name}/{precision}: loading")
         try:
-            backend = load_backend(name, model_dir, precision=precision, device="cuda" if name == "tensorrt"
+            backend = load_backend(name, model_dir, precision=precision, device="cuda" if BACKENDS[name].needs_gpu
                                    else device, threads=threads, card=card, verify=False)
         except Exception as exc:  # noqa: BLE001 - any engine error is a table row
             for r in made:

@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         records = evaluate_samples(backend.infer, algorithm, items, batch_size, progress=sys.stderr.isatty())
         metrics = compute_metrics(records, threshold)
         metrics.update({"split": args.split, "dataset": {"name": doc["name"], "version": doc["version"]},
-                        "model": {"arch": card["arch"], "encoder": card["encoder"]}, "backend": name,
-                        "precision": precision, "device": backend.device, "file": _relative(backend.file, args.model),
+                        "model": {"arch": card["arch"], "encoder": card["encoder"]},
+                        # nested: "precision" at the top is the classification precision
+                        "backend": {"name": name, "precision": precision, "device": backend.device,
+                                    "file": _relative(backend.file, args.model)},
                         "batch_size": batch_size,
                         "threshold_source": "override" if args.image_threshold is not None else "model card"})
         default = f"{doc['name']}-{doc['version']}-{args.split}"

@@ -27,7 +27,9 @@ def test_evaluate_each_backend_gives_the_benchmark_figures(tmp_path):
         metrics = json.loads((out / "metrics.json").read_text())
         row = rows[(name, precision)]
         assert row["status"] == "ok", row
-        assert (metrics["backend"], metrics["precision"], metrics["file"]) == (name, precision, row["file"])
+        b = metrics["backend"]
+        assert (b["name"], b["precision"], b["file"]) == (name, precision, row["file"])
+        assert isinstance(metrics["precision"], float)  # the classification precision, not the backend's
         assert metrics["images"] == doc["images"] and metrics["split"] == "test"
         assert (metrics["accuracy"], metrics["pixel_iou"]) == (row["accuracy"], row["pixel_iou"])
         assert set(metrics) >= {"precision", "recall", "confusion_matrix", "ap", "auroc", "mean_iou_defective"}

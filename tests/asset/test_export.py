@@ -57,8 +57,9 @@ def test_int8_static_qdq_per_channel():
     e = modeldir.verify(m)["exports"]["onnx-int8"]
     q = e["quantisation"]
     assert q["format"] == "QDQ" and q["per_channel"] and q["calibration_split"] == "train"
-    assert q["scheme"] == "asymmetric" and (q["activations"], q["weights"], q["biases"]) == ("uint8", "int8", "int32")
-    assert q["tensorrt"] == "no"  # recorded, so that `asset export --format tensorrt --precision int8` can say so
+    assert q["scheme"] == "symmetric-uint8" and (q["activations"], q["weights"], q["biases"]) == ("uint8", "int8", "int32")
+    assert q["zero_point"] == 128 and q["activation_symmetric"]
+    assert q["tensorrt"] == "after signed_for_tensorrt"  # the same calibration builds the TensorRT INT8 engine
     speed = e["speed"]
     assert speed["shape"] == [1, 1, 32, 32] and speed["speedup"] == pytest.approx(
         speed["fp32_ms"] / speed["int8_ms"], rel=0.01, abs=0.002)  # what is recorded is what was measured
