@@ -111,7 +111,8 @@ def test_exported_but_wrong_row_in_markdown():
 def test_bad_requests(tmp_path, capsys):
     m = shared()["model"]
     assert main(["benchmark", "--model", str(m), "--backends", "tflite"]) == 2
-    assert "unknown backend 'tflite'; valid: pytorch, onnxruntime, openvino, tensorrt" in capsys.readouterr().err
+    assert ("unknown backend 'tflite'; valid: pytorch, onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt, openvino, "
+            "tensorrt") in capsys.readouterr().err
     assert main(["benchmark", "--model", str(m), "--backends", "onnxruntime:fp16"]) == 2
     assert "runs fp32, int8, not 'fp16'" in capsys.readouterr().err
     assert main(["benchmark", "--model", str(m), "--size", "big"]) == 2
