@@ -131,3 +131,7 @@ def validate_config(cfg: dict) -> None:
     _fraction("thresholds.pixel (--pixel-threshold)", cfg["thresholds"]["pixel"])
     _fraction("thresholds.image (--image-threshold)", cfg["thresholds"]["image"], allow_none=True)
     _fraction("loss.bce_weight", cfg["loss"]["bce_weight"])
+    pos_weight = cfg["loss"].get("pos_weight")
+    if pos_weight is not None and (isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float))
+                                   or not pos_weight > 0):
+        raise ConfigError(f"loss.pos_weight must be null or a number > 0 (e.g. 10), got {pos_weight!r}")

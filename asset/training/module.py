@@ -9,15 +9,16 @@ from torch import nn
 from asset.algorithm import SCORE_TIEBREAK
 
 
-def build_loss(name: str, bce_weight: float = 0.5) -> nn.Module:
+def build_loss(name: str, bce_weight: float = 0.5, pos_weight: float | None = None) -> nn.Module:
     """jaccard (IoU loss, as in the paper) | dice | bce | bce_jaccard | bce_dice | focal_dice, from SMP's losses.
-    `bce_weight` weighs the pixel term (BCE or focal) of the combined losses."""
+    `bce_weight` weighs the pixel term (BCE or focal) of the combined losses; `pos_weight` multiplies the BCE of
+    defect pixels (thin cracks are ~0.1% of the pixels: without it, BCE first teaches the network to predict none)."""
     from segmentation_models_pytorch import losses
 
     name = name.lower()
     jaccard = losses.JaccardLoss(mode="binary", from_logits=True)
     dice = losses.DiceLoss(mode="binary", from_logits=True)
-    bce = losses.SoftBCEWithLogitsLoss()
+    bce = losses.SoftBCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(float(pos_weight)))
     if name == "jaccard":
         return jaccard
     if name == "dice":

@@ -208,8 +208,8 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     d = cfg["data"]
     dm = DefectDataModule(parts["version_dir"], algorithm, d["batch_size"], d["num_workers"], d["augment"],
                           cfg["seed"], d["eval_batch_size"], oversample=d["oversample"])
-    module = SegmentationModule(net, build_loss(cfg["loss"]["name"], cfg["loss"]["bce_weight"]), cfg["optimizer"],
-                                cfg["scheduler"], cfg["thresholds"]["pixel"])
+    loss = build_loss(cfg["loss"]["name"], cfg["loss"]["bce_weight"], cfg["loss"].get("pos_weight"))
+    module = SegmentationModule(net, loss, cfg["optimizer"], cfg["scheduler"], cfg["thresholds"]["pixel"])
     monitor = cfg["checkpoint"]["monitor"]
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_top_k=1, save_last=True, enable_version_counter=False)
@@ -268,7 +268,10 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     image_threshold = float(fixed) if fixed is not None else calibrated
     algorithm.image_threshold = image_threshold
     val_metrics = compute_metrics(records, image_threshold)
-    _say(out_dir, f"image threshold {image_threshold:.6f} ({'fixed' if fixed is not None else 'calibrated'} ; "
+    source = ("fixed" if fixed is not None else
+              f"calibrated on {calibration['split']}: {calibration['images']} images, "
+              f"{calibration['defective_images']} defective")
+    _say(out_dir, f"image threshold {image_threshold:.6f} ({source}; "
                   f"val accuracy {val_metrics['accuracy']:.4f}, val pixel IoU {val_metrics['pixel_iou']:.4f})")
 
     doc = parts["doc"]

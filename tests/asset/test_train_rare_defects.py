@@ -50,7 +50,23 @@ def test_losses_prefer_the_right_mask(name):
     assert loss(right, target) < loss(torch.zeros_like(right), target) < loss(-right, target)
 
 
+def test_pos_weight_makes_missed_defect_pixels_cost_more():
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:7, 3:12] = 1
+    none = torch.full_like(target, -4.0)  # predicts no defect anywhere: what a collapsed epoch learns
+    everything = torch.full_like(target, 4.0)
+    plain, weighted = build_loss("bce"), build_loss("bce", pos_weight=10)
+    # a missed defect pixel costs 10x more; a false alarm on an OK pixel costs the same
+    defect = torch.ones_like(target)
+    assert float(weighted(none, defect)) == pytest.approx(10 * float(plain(none, defect)), rel=1e-5)
+    ok = torch.zeros_like(target)
+    assert float(weighted(everything, ok)) == pytest.approx(float(plain(everything, ok)))
+    combined = build_loss("bce_dice", pos_weight=10)
+    assert combined(none, target) > build_loss("bce_dice")(none, target)
+
+
 @pytest.mark.parametrize("key,value,message", [
+    ("loss.pos_weight", "0", "loss.pos_weight"), ("loss.pos_weight", "many", "loss.pos_weight"),
     ("data.oversample", "1.5", "data.oversample"), ("checkpoint.monitor", "val/loss", "checkpoint.monitor"),
     ("thresholds.image_calibration", "test", "thresholds.image_calibration"),
     ("thresholds.min_calibration_defects", "-1", "min_calibration_defects"),
