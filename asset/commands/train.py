@@ -42,7 +42,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (trainer.max_epochs)")
     p.add_argument("--batch-size", type=int, help="training batch size (data.batch_size)")
     p.add_argument("--lr", type=float, help="learning rate (optimizer.lr)")
-    p.add_argument("--loss", help="jaccard | dice | bce | bce_jaccard | bce_dice (loss.name)")
+    p.add_argument("--loss", help="jaccard | dice | bce | bce_jaccard | bce_dice | focal_dice (loss.name; "
+                                  "see also loss.bce_weight, loss.pos_weight)")
     p.add_argument("--seed", type=int, help="random seed (seed)")
     p.add_argument("--pixel-threshold", type=float, help="pixel probability threshold in [0, 1] (thresholds.pixel)")
     p.add_argument("--image-threshold", type=float,
