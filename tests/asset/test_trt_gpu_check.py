@@ -64,3 +64,14 @@ def test_targets_verdict_and_table():
     assert "| MobileNetV2-PAN | tensorrt-int8 | failed | not a TensorRT INT8 model |" in text
     assert "MobileNetV2-Unet: TensorRT FP16 batch 1 1.00 ms on NVIDIA H200 vs target 2.13 ms" in text
     assert "MobileNetV2-PAN: TensorRT FP16 batch 1 2.50 ms on NVIDIA H200 vs target 2.3 ms" in text and "NOT MET" in text
+
+
+def test_results_are_written_whole_after_each_model(tmp_path):
+    doc = {"gpu": "NVIDIA H200", "size": 512, "versions": {}, "models": {}}
+    G.write_results(doc, tmp_path)  # before any model: an empty table, not a missing file
+    doc["models"]["MobileNetV2-Unet"] = {"arch": "unet", "exports": [], "speed": [
+        {"backend": "tensorrt", "precision": "fp16", "status": "unavailable", "reason": "not installed"}]}
+    text = G.write_results(doc, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-check.json", "gpu-check.md"]
+    assert (tmp_path / "gpu-check.md").read_text() == text and "TensorRT not installed" in text
+    assert "unavailable: not installed" in text and "goal 2.13 ms NOT checked" in text
