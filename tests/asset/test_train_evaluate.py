@@ -89,7 +89,7 @@ def test_rgb_dataset_of_varying_sizes(tmp_path):
     assert main(["evaluate", "--model", str(out), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 900) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 480) -> None:
     """Wait for `path` while `proc` lives; the deadline only catches a hang (a loaded machine can take minutes)."""
     t = time.time()
     while not path.exists():
