@@ -135,3 +135,6 @@ def validate_config(cfg: dict) -> None:
     if pos_weight is not None and (isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float))
                                    or not pos_weight > 0):
         raise ConfigError(f"loss.pos_weight must be null or a number > 0 (e.g. 10), got {pos_weight!r}")
+    if pos_weight is not None and str(cfg["loss"]["name"]).lower() not in ("bce", "bce_dice", "bce_jaccard"):
+        raise ConfigError(f"loss.pos_weight weighs the BCE term: it applies to bce, bce_dice and bce_jaccard, not to "
+                          f"loss.name={cfg['loss']['name']!r} (drop it, or pick one of those losses)")

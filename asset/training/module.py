@@ -12,7 +12,7 @@ from asset.algorithm import SCORE_TIEBREAK
 def build_loss(name: str, bce_weight: float = 0.5, pos_weight: float | None = None) -> nn.Module:
     """jaccard (IoU loss, as in the paper) | dice | bce | bce_jaccard | bce_dice | focal_dice, from SMP's losses.
     `bce_weight` weighs the pixel term (BCE or focal) of the combined losses; `pos_weight` multiplies the BCE of
-    defect pixels (thin cracks are ~0.1% of the pixels: without it, BCE first teaches the network to predict none)."""
+    defect pixels, which are ~0.1% of the pixels on thin cracks (README: 10 did not shorten the recipe's slow start)."""
     from segmentation_models_pytorch import losses
 
     name = name.lower()

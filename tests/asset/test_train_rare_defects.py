@@ -67,6 +67,7 @@ def test_pos_weight_makes_missed_defect_pixels_cost_more():
 
 @pytest.mark.parametrize("key,value,message", [
     ("loss.pos_weight", "0", "loss.pos_weight"), ("loss.pos_weight", "many", "loss.pos_weight"),
+    ("loss.pos_weight", "10", "applies to bce, bce_dice and bce_jaccard"),  # the default loss is jaccard
     ("data.oversample", "1.5", "data.oversample"), ("checkpoint.monitor", "val/loss", "checkpoint.monitor"),
     ("thresholds.image_calibration", "test", "thresholds.image_calibration"),
     ("thresholds.min_calibration_defects", "-1", "min_calibration_defects"),
