@@ -214,13 +214,13 @@ def verdict(doc: dict) -> list[dict]:
 
 
 def write_results(doc: dict, out: Path) -> str:
-    """The verdict, then gpu-check.json and gpu-check.md in `out` (each written whole, then renamed into place)."""
+    """The verdict, then gpu-check.json and gpu-check.md in `out`, each written whole (modeldir's atomic writes)."""
+    from asset.modeldir import write_text_atomic
+
     doc["verdict"] = verdict(doc)
     text = markdown(doc)
-    for name, content in (("gpu-check.json", json.dumps(doc, indent=1)), ("gpu-check.md", text)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(content)
-        tmp.replace(out / name)
+    write_text_atomic(out / "gpu-check.json", json.dumps(doc, indent=1))
+    write_text_atomic(out / "gpu-check.md", text)
     return text
 
 
