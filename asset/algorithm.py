@@ -266,14 +266,21 @@ class Algorithm:
         return batch, metas
 
     def preprocess_mask(self, mask: np.ndarray, meta: Meta) -> np.ndarray:
-        """A ground-truth HxW mask -> the network frame (same geometry as the image; nearest neighbour).
-        Pixels outside the image content (padding) are 0."""
+        """A ground-truth HxW mask -> the network frame (same geometry as the image). Pixels outside the image
+        content (padding) are 0.
+
+        Shrinking uses area coverage (`shrink_mask`), so a defect thinner than one network pixel stays a
+        continuous line, as it does (fainter) in the INTER_AREA image. Nearest neighbour, used before, kept one
+        source pixel in ~1/scale: a 1-px crack at 0.5x vanished or broke into dots while the image still showed
+        it, a label that contradicts its image (issue 12).
+        Growing stays nearest neighbour."""
         th, tw = self.size_policy.network_shape(*meta.original) if self.size_policy.mode == "pad" \
             else self.size_policy.size
         ch, cw = meta.content
         m = mask.astype(np.uint8)
         if (ch, cw) != m.shape:
-            m = cv2.resize(m, (cw, ch), interpolation=cv2.INTER_NEAREST)
+            m = shrink_mask(m, (ch, cw)) if ch * cw < m.size else \
+                cv2.resize(m, (cw, ch), interpolation=cv2.INTER_NEAREST)
         out = np.zeros((th, tw), dtype=np.uint8)
         out[:ch, :cw] = m
         return out
@@ -349,6 +356,17 @@ def load_mask(rle: dict) -> np.ndarray:
     from datatools.masks import decode_mask
 
     return decode_mask(rle)
+
+
+def shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 0/1 mask shrunk to `shape` (H, W) by area coverage: a pixel is defective when defects cover at least half
+    of what a 1-source-pixel line across it covers (s/2, s = the linear scale), capped at half the pixel. A 1-px
+    crack covers s of the pixels it crosses, so its larger share (>= s/2) always stays: it never vanishes and
+    is mostly one pixel wide; large defects keep the majority rule (coverage >= 0.5)."""
+    h, w = shape
+    scale = min(h / mask.shape[0], w / mask.shape[1])
+    coverage = cv2.resize((mask > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    return (coverage >= min(0.5, scale / 2) - 1e-6).astype(np.uint8)
 
 
 def calibrate_image_threshold(scores, labels, min_fraction: float | None = None) -> tuple[float, float]:

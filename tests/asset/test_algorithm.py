@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asset.algorithm import Algorithm, AlgorithmError, SizePolicy, calibrate_image_threshold
+from asset.algorithm import Algorithm, AlgorithmError, SizePolicy, calibrate_image_threshold, shrink_mask
 
 
 def algo(channels=1, mode="pad", divisor=32, size=None, image_threshold=0.1):
@@ -52,6 +52,31 @@ def test_resize_policy_maps_back():
     assert abs(p.defect_fraction - 0.5) < 0.02
     gt = a.preprocess_mask(np.ones((64, 128), np.uint8), metas[0])
     assert gt.shape == (32, 32) and gt.all()
+
+
+@pytest.mark.parametrize("column", range(198, 204))
+def test_a_one_pixel_crack_survives_shrinking_as_a_continuous_line(column):
+    """Nearest neighbour at 0.51x dropped every other column: half of the 1-px cracks vanished from the label."""
+    mask = np.zeros((1250, 500), np.uint8)
+    mask[:, column] = 1
+    a = algo(mode="resize", size=(640, 256))
+    _, metas = a.preprocess([np.zeros((1250, 500), np.uint8)])
+    gt = a.preprocess_mask(mask, metas[0])
+    assert gt.shape == (640, 256)
+    assert gt.any(axis=1).all()  # every row keeps the crack
+    assert gt.any(axis=0).sum() == 1  # one network pixel wide, not smeared
+
+
+def test_shrink_mask_keeps_diagonal_cracks_connected_and_blob_areas():
+    diagonal = np.zeros((1000, 500), np.uint8)
+    for i in range(500):
+        diagonal[2 * i:2 * i + 2, i] = 1
+    small = shrink_mask(diagonal, (512, 256))
+    assert small.any(axis=1).all()
+    blob = np.zeros((1250, 500), np.uint8)
+    blob[400:700, 100:300] = 1
+    area = shrink_mask(blob, (625, 250)).sum()
+    assert abs(area - blob.sum() / 4) <= 2 * (150 + 100)  # the majority rule: off by at most the border
 
 
 def test_fixed_canvas_shrinks_large_images_and_pads_small_ones():
