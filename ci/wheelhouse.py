@@ -64,7 +64,8 @@ def download(platform: str, python: str, requirements: list[Path], dest: Path | 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     abi = "cp" + python.replace(".", "")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+    # --no-cache-dir: the wheelhouse is the cache; pip's HTTP cache would hold every wheel a second time
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
            "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--abi", abi,
            *[arg for tag in platform_tags(platform) for arg in ("--platform", tag)],
            "-d", str(staging), *BUILD_REQUIREMENTS, *[arg for p in requirements for arg in ("-r", str(p))]]

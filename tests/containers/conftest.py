@@ -31,6 +31,7 @@ from tests.containers.helpers import (
     free_port,
     image_size_mb,
     make_image,
+    release_wheels,
     run,
     wait_healthy,
     wheels_image,
@@ -151,6 +152,7 @@ def datatool_images(docker_env, base_amd64, built) -> dict[str, str]:
         seconds = make_image(docker_env, f"image-datatool-{dataset}", tag, base_amd64, wheels, TAG)
         _record(built, docker_env, tag, seconds)
         tags[dataset] = tag
+    release_wheels(docker_env, wheels)
     return tags
 
 
@@ -160,6 +162,7 @@ def asset_image(docker_env, base_amd64, built) -> str:
     wheels = wheels_image(docker_env, "asset", ["datatools/requirements.txt", "asset/requirements.txt"])
     tag = f"defect/asset:{TAG}"
     _record(built, docker_env, tag, make_image(docker_env, "image-asset", tag, base_amd64, wheels, TAG))
+    release_wheels(docker_env, wheels)
     return tag
 
 
@@ -169,6 +172,7 @@ def x86_cpu_image(docker_env, base_amd64, built) -> str:
                                                   "platforms/x86-cpu/requirements-openvino.txt"])
     tag = f"defect/asset:x86-cpu-{TAG}"
     _record(built, docker_env, tag, make_image(docker_env, "image-x86-cpu", tag, base_amd64, wheels, TAG))
+    release_wheels(docker_env, wheels)
     return tag
 
 
@@ -177,6 +181,7 @@ def rpi4_image(docker_env, base_arm64, built) -> str:
     wheels = wheels_image(docker_env, "rpi4", ["asset/requirements-runtime.txt"], platform="linux/arm64")
     tag = f"defect/asset:rpi4-{TAG}"
     _record(built, docker_env, tag, make_image(docker_env, "image-rpi4", tag, base_arm64, wheels, TAG))
+    release_wheels(docker_env, wheels)
     return tag
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -73,10 +74,27 @@ def make_image(env: dict[str, str], target: str, image: str, base: str, wheels: 
 
 def wheels_image(env: dict[str, str], name: str, requirements: list[str], platform: str = "linux/amd64",
                  python: str = "3.11") -> str:
-    """The wheelhouse for these requirements, downloaded once (cached) and packed as an image."""
-    folder = wheelhouse.download(platform, python, [REPO / r for r in requirements])
-    tag = f"defect-ci/wheels:{name}-{folder.name.rsplit('-', 1)[-1]}"
-    return wheelhouse.pack(folder, tag, env, platform)
+    """The wheelhouse for these requirements, downloaded once (cached) and packed as an image.
+
+    In CI the downloaded folder is removed once packed: a fresh machine gains nothing from a second copy on
+    disk (3 GB for the asset's torch stack), and a CI run ran out of disk with both."""
+    paths = [REPO / r for r in requirements]
+    tag = f"defect-ci/wheels:{name}-{wheelhouse.key(platform, python, paths)}"
+    if docker(env, "image", "inspect", tag, check=False).returncode == 0:
+        return tag
+    folder = wheelhouse.download(platform, python, paths)
+    wheelhouse.pack(folder, tag, env, platform)
+    if ci():
+        shutil.rmtree(folder, ignore_errors=True)
+    return tag
+
+
+def release_wheels(env: dict[str, str], wheels: str) -> None:
+    """CI only: once its images are built, drop a wheelhouse image and the build cache that holds it (disk).
+    A user's machine keeps both, so that rebuilds stay offline and fast."""
+    if ci():
+        docker(env, "rmi", wheels, check=False)
+        docker(env, "builder", "prune", "--force", check=False)
 
 
 def image_size_mb(env: dict[str, str], tag: str) -> float:

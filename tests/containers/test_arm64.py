@@ -14,7 +14,7 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from tests.containers.conftest import TAG
-from tests.containers.helpers import REPO, build, docker, free_port, wheelhouse, wheels_image
+from tests.containers.helpers import REPO, build, docker, free_port, release_wheels, wheelhouse, wheels_image
 
 JETSON_REQUIREMENTS = ["asset/requirements-runtime.txt", "platforms/jetson/requirements-jetson.txt"]
 
@@ -84,6 +84,7 @@ def test_jetson_dockerfile_builds_for_arm64_on_a_stand_in(docker_env, base_arm64
     seconds = build(docker_env, "platforms/jetson/Dockerfile", tag, platform="linux/arm64", base=base_arm64,
                     wheels=wheels, args={"APT_PACKAGES": ""})
     built[tag] = f"built in {seconds:.0f} s (stand-in base, no TensorRT)"
+    release_wheels(docker_env, wheels)
     out = docker(docker_env, "run", "--rm", "--network", "none", "--platform", "linux/arm64", "--entrypoint", "sh",
                  tag, "-c", "uname -m && asset --version && python3 -c \"import importlib.metadata as m; "
                  "print(m.version('cuda-python'), m.version('onnxruntime'))\"").stdout.split("\n")
