@@ -212,13 +212,17 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     module = SegmentationModule(net, loss, cfg["optimizer"], cfg["scheduler"], cfg["thresholds"]["pixel"])
     monitor = cfg["checkpoint"]["monitor"]
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                           save_top_k=1, save_last=True, enable_version_counter=False)
+                           save_top_k=1, enable_version_counter=False)
+    # last.ckpt, written after every epoch for --resume. Not ckpt's save_last: since Lightning 2.6 that is only
+    # written when a new best is, so a run killed after some epochs without a new best resumed from the best one.
+    latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename=Path(LAST).stem, monitor=None, save_top_k=1,
+                             enable_version_counter=False)
     history = _val_history_callback()
     t = dict(cfg["trainer"])
     if t.get("deterministic"):
         t["deterministic"] = "warn" if t.get("accelerator") not in ("cpu",) else True
     trainer = L.Trainer(
-        default_root_dir=out_dir, callbacks=[ckpt, history], plugins=[checkpoint_io()],
+        default_root_dir=out_dir, callbacks=[ckpt, history, latest], plugins=[checkpoint_io()],
         logger=[_appending_csv_logger(CSVLogger, out_dir),
                 TensorBoardLogger(out_dir, name="logs", version="tensorboard")],
         **t,

@@ -136,6 +136,24 @@ def test_resume_after_sigkill_continues(tmp_path):
     assert modeldir.verify(out)["training"]["epochs"] == 5
 
 
+def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(tmp_path):
+    """--resume starts from checkpoints/last.ckpt: it must hold the latest epoch, not the best one. A pixel
+    threshold of 1 predicts nothing, so val/iou stays 0 and no epoch after the first is a new best."""
+    data = make_dataset(tmp_path, n_train=16, n_test=2)
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "3", *FAST,
+                 "--set", "checkpoint.monitor=val/iou", "--pixel-threshold", "1.0"]) == 0
+    import torch
+
+    ckpts = out / "checkpoints"
+    assert torch.load(ckpts / "best.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 2
+    # resuming with one more epoch trains epoch 3 only, from the epoch-2 state
+    assert main(["train", "--resume", str(out), "--no-progress", "--epochs", "4"]) == 0
+    card = modeldir.verify(out)
+    assert card["training"]["epochs"] == 4 and [r["epoch"] for r in card["training"]["val_history"]] == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--data", "{missing}"], "no such dataset directory"),
     (["--data", "{broken}"], "fails validation"),
