@@ -131,6 +131,10 @@ def validate_config(cfg: dict) -> None:
     _fraction("thresholds.pixel (--pixel-threshold)", cfg["thresholds"]["pixel"])
     _fraction("thresholds.image (--image-threshold)", cfg["thresholds"]["image"], allow_none=True)
     _fraction("loss.bce_weight", cfg["loss"]["bce_weight"])
+    prior = m.get("head_prior")
+    if prior is not None and (isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 < prior < 1):
+        raise ConfigError(f"model.head_prior must be null or a probability strictly between 0 and 1 (e.g. 0.01), "
+                          f"got {prior!r}")
     pos_weight = cfg["loss"].get("pos_weight")
     if pos_weight is not None and (isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float))
                                    or not pos_weight > 0):

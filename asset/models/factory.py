@@ -118,6 +118,23 @@ def build_model(arch: str, encoder: str, in_channels: int = 3, encoder_weights: 
     return model
 
 
+def set_head_prior(model: nn.Module, prior: float) -> None:
+    """Start the network at defect probability `prior` everywhere: the bias of its last convolution becomes
+    log(prior / (1 - prior)) (the RetinaNet prior). With thin, rare defects an untrained head outputs 0.5 on every
+    pixel, and the first steps of a pixel loss are spent pushing the whole background down."""
+    import math
+
+    if not 0.0 < prior < 1.0:
+        raise ModelConfigError(f"head prior must be strictly between 0 and 1, got {prior!r}")
+    head = getattr(model, "segmentation_head", None)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)] if head is not None else []
+    if not convs or convs[-1].bias is None:
+        raise ModelConfigError(f"{type(model).__name__} has no segmentation head with a biased convolution: "
+                               "drop model.head_prior")
+    with torch.no_grad():
+        convs[-1].bias.fill_(math.log(prior / (1.0 - prior)))
+
+
 def required_divisor(model: nn.Module, arch: str) -> int:
     """H and W multiple the built model needs (registry divisor, raised to the encoder's output stride)."""
     import math

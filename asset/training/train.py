@@ -146,9 +146,11 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False) -> dict:
     m = cfg["model"]
     check_combination(m["arch"], m["encoder"], channels)
 
-    from asset.models.factory import build_model, dry_run, required_divisor
+    from asset.models.factory import build_model, dry_run, required_divisor, set_head_prior
 
     net = build_model(m["arch"], m["encoder"], channels, m["encoder_weights"], weights_cache=m["weights_cache"])
+    if m.get("head_prior") is not None:
+        set_head_prior(net, float(m["head_prior"]))
     divisor = required_divisor(net, m["arch"])
     policy = size_policy_for(cfg, doc, divisor)
     norm = m["normalisation"]
@@ -213,7 +215,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     monitor = cfg["checkpoint"]["monitor"]
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_top_k=1, enable_version_counter=False)
-    # last.ckpt, written after every epoch for --resume. Not ckpt's save_last: since Lightning 2.6 that is only
+    # last.ckpt, written after every epoch for --resume. Not ckpt's save_last: in Lightning 2.6 that is only
     # written when a new best is, so a run killed after some epochs without a new best resumed from the best one.
     latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename=Path(LAST).stem, monitor=None, save_top_k=1,
                              enable_version_counter=False)

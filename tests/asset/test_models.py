@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from asset.models.factory import EncoderWeightsError, build_model, load_encoder_weights, required_divisor
+from asset.models.factory import EncoderWeightsError, build_model, load_encoder_weights, required_divisor, set_head_prior
 from asset.models.registry import ARCHITECTURES, ModelConfigError
 
 # A small encoder per architecture (DPT needs a timm ViT).
@@ -25,6 +25,13 @@ def test_every_architecture_forward_backward(arch):
     assert out.shape == (2, 1, size, size)
     out.mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # model.head_prior: the bias it sets is the network's last word (no layer after it shifts the logits)
+    set_head_prior(model, 0.01)
+    head = [m for m in model.segmentation_head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        prob = torch.sigmoid(model.eval()(x))
+    assert torch.allclose(prob, torch.full_like(prob, 0.01), atol=1e-6)
 
 
 def test_rgb_and_timm_encoder():

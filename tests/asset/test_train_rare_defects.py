@@ -72,6 +72,8 @@ def test_pos_weight_makes_missed_defect_pixels_cost_more():
     ("thresholds.image_calibration", "test", "thresholds.image_calibration"),
     ("thresholds.min_calibration_defects", "-1", "min_calibration_defects"),
     ("thresholds.image_margin", "middle", "thresholds.image_margin"),
+    ("model.head_prior", "0", "model.head_prior"), ("model.head_prior", "1.5", "model.head_prior"),
+    ("model.head_prior", "true", "model.head_prior"),
 ])
 def test_bad_keys_are_refused_before_training(rare_dataset, tmp_path, capsys, key, value, message):
     out = tmp_path / "m"
@@ -94,3 +96,18 @@ def test_train_with_oversampling_and_ap_monitor(rare_dataset, tmp_path):
     assert aps[t["best_epoch"]] == pytest.approx(max(aps), abs=1e-5)
     cal = card["thresholds"]["image_calibration"]
     assert cal["split"] == "val" and cal["images"] == card["dataset"]["splits"]["val"]["images"]
+
+
+def test_head_prior_starts_the_network_at_that_defect_probability(rare_dataset, tmp_path):
+    """model.head_prior reaches the network train() builds (the last bias is logit(prior)); null keeps SMP's init."""
+    from asset.config import load_config
+    from asset.training.train import prepare
+
+    def head_bias(prior):
+        cfg = load_config(None, [f"data.path={rare_dataset}", "model.encoder_weights=none",
+                                 f"model.head_prior={prior}"])
+        net = prepare(cfg, tmp_path / "unused")["net"]
+        return float(net.segmentation_head[0].bias.detach())
+
+    assert head_bias(0.01) == pytest.approx(np.log(0.01 / 0.99))
+    assert abs(head_bias("null")) < 1.0  # a random init near 0, not the prior
