@@ -135,6 +135,10 @@ def validate_config(cfg: dict) -> None:
     if prior is not None and (isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 < prior < 1):
         raise ConfigError(f"model.head_prior must be null or a probability strictly between 0 and 1 (e.g. 0.01), "
                           f"got {prior!r}")
+    ema = cfg["optimizer"].get("ema_decay")
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
+        raise ConfigError(f"optimizer.ema_decay must be null or a number strictly between 0 and 1 (e.g. 0.9), "
+                          f"got {ema!r}")
     pos_weight = cfg["loss"].get("pos_weight")
     if pos_weight is not None and (isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float))
                                    or not pos_weight > 0):

@@ -220,11 +220,18 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename=Path(LAST).stem, monitor=None, save_top_k=1,
                              enable_version_counter=False)
     history = _val_history_callback()
+    callbacks = [ckpt, history, latest]
+    if cfg["optimizer"].get("ema_decay") is not None:
+        # Lightning's EMA: validation runs on the averaged weights and checkpoints hold them as state_dict (the
+        # raw ones as current_model_state, for --resume), so best.ckpt and weights.pt are what val measured.
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.insert(0, EMAWeightAveraging(decay=float(cfg["optimizer"]["ema_decay"])))
     t = dict(cfg["trainer"])
     if t.get("deterministic"):
         t["deterministic"] = "warn" if t.get("accelerator") not in ("cpu",) else True
     trainer = L.Trainer(
-        default_root_dir=out_dir, callbacks=[ckpt, history, latest], plugins=[checkpoint_io()],
+        default_root_dir=out_dir, callbacks=callbacks, plugins=[checkpoint_io()],
         logger=[_appending_csv_logger(CSVLogger, out_dir),
                 TensorBoardLogger(out_dir, name="logs", version="tensorboard")],
         **t,

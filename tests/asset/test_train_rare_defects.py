@@ -74,6 +74,8 @@ def test_pos_weight_makes_missed_defect_pixels_cost_more():
     ("thresholds.image_margin", "middle", "thresholds.image_margin"),
     ("model.head_prior", "0", "model.head_prior"), ("model.head_prior", "1.5", "model.head_prior"),
     ("model.head_prior", "true", "model.head_prior"),
+    ("optimizer.ema_decay", "1", "optimizer.ema_decay"), ("optimizer.ema_decay", "0", "optimizer.ema_decay"),
+    ("optimizer.ema_decay", "fast", "optimizer.ema_decay"),
 ])
 def test_bad_keys_are_refused_before_training(rare_dataset, tmp_path, capsys, key, value, message):
     out = tmp_path / "m"
@@ -111,3 +113,30 @@ def test_head_prior_starts_the_network_at_that_defect_probability(rare_dataset, 
 
     assert head_bias(0.01) == pytest.approx(np.log(0.01 / 0.99))
     assert abs(head_bias("null")) < 1.0  # a random init near 0, not the prior
+
+
+def test_ema_weights_are_validated_kept_exported_and_resumed(rare_dataset, tmp_path):
+    """optimizer.ema_decay: validation runs on the averaged weights, best.ckpt and weights.pt hold them, and the raw
+    weights travel beside them so --resume continues both."""
+    from asset import modeldir
+
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(rare_dataset), "--out", str(out), "--epochs", "2", *FAST,
+                 "--set", "optimizer.ema_decay=0.5", "--set", "checkpoint.monitor=val/iou"]) == 0
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, raw = last["state_dict"], last["current_model_state"]
+    assert int(last["averaging_state"]["n_averaged"]) == last["global_step"] > 1  # updated after every step
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged if averaged[k].is_floating_point())
+
+    card = modeldir.verify(out)
+    assert card["training"]["optimizer"]["ema_decay"] == 0.5
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    exported = torch.load(out / "weights.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(v, best[f"net.{k}"]) for k, v in exported.items())
+    # the val IoU of the kept epoch is that of the exported (averaged) weights, measured again after training
+    kept = card["training"]["val_history"][card["training"]["best_epoch"]]
+    assert card["metrics"]["val"]["pixel_iou"] == pytest.approx(kept["iou"], abs=1e-4)
+
+    assert main(["train", "--resume", str(out), "--no-progress", "--epochs", "3"]) == 0
+    resumed = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert int(resumed["averaging_state"]["n_averaged"]) == resumed["global_step"] > last["global_step"]
