@@ -87,6 +87,12 @@ def _fraction(name: str, value, allow_none=False):
         raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
+def _open_fraction_or_null(name: str, value, example: str) -> None:
+    """null, or a number strictly between 0 and 1 (a probability or a decay: 0 and 1 are degenerate)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
+        raise ConfigError(f"{name} must be null or a number strictly between 0 and 1 (e.g. {example}), got {value!r}")
+
+
 def _positive_int(name: str, value, minimum: int = 1):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -131,14 +137,8 @@ def validate_config(cfg: dict) -> None:
     _fraction("thresholds.pixel (--pixel-threshold)", cfg["thresholds"]["pixel"])
     _fraction("thresholds.image (--image-threshold)", cfg["thresholds"]["image"], allow_none=True)
     _fraction("loss.bce_weight", cfg["loss"]["bce_weight"])
-    prior = m.get("head_prior")
-    if prior is not None and (isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 < prior < 1):
-        raise ConfigError(f"model.head_prior must be null or a probability strictly between 0 and 1 (e.g. 0.01), "
-                          f"got {prior!r}")
-    ema = cfg["optimizer"].get("ema_decay")
-    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
-        raise ConfigError(f"optimizer.ema_decay must be null or a number strictly between 0 and 1 (e.g. 0.9), "
-                          f"got {ema!r}")
+    _open_fraction_or_null("model.head_prior", m.get("head_prior"), "0.01")
+    _open_fraction_or_null("optimizer.ema_decay", cfg["optimizer"].get("ema_decay"), "0.9")
     pos_weight = cfg["loss"].get("pos_weight")
     if pos_weight is not None and (isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float))
                                    or not pos_weight > 0):
