@@ -7,7 +7,7 @@ turned into the same decision.
 Pipeline
 --------
     bytes --decode--> HxW or HxWxC uint8 --preprocess--> float32 NCHW batch (+ one meta per image)
-    model(batch) -> logits N x 1 x H' x W'
+    model(batch) -> logits N x 1 x H' x W'  (N x 2 x H' x W' with a decision head, below)
     logits --postprocess--> [Prediction(mask at original size, defect_fraction, score, defective)]
 
 Channels
@@ -40,12 +40,18 @@ Normalisation
 x = (pixel / 255 - mean[c]) / std[c], with `mean`/`std` lists of length `channels` (ImageNet
 statistics for ImageNet-pretrained encoders; their average for 1-channel models).
 
-Decision
+Decision (`decision` in the model card: "fraction" when absent)
 --------
-prob = sigmoid(logit); mask = prob >= pixel_threshold; defect_fraction = mask.mean();
-defective = defect_fraction >= image_threshold. `score` (used for AP/AUROC) is the defect
-fraction, with ties broken by the maximum probability: score = fraction + 1e-6 * max_prob, so
-images without any defective pixel still rank by how close they came.
+prob = sigmoid(logit); mask = prob >= pixel_threshold; defect_fraction = mask.mean().
+- "fraction" (the paper's rule): defective = defect_fraction >= image_threshold. `score` (used for
+  AP/AUROC) is the defect fraction, with ties broken by the maximum probability:
+  score = fraction + 1e-6 * max_prob, so images without any defective pixel still rank by how close
+  they came.
+- "head" (a learned decision, asset/models/decision.py): the network output has a second channel
+  holding the image logit at every pixel (one output tensor, so every engine, exporter, batcher and
+  tiler carries it unchanged); score = sigmoid(max of that channel over the image content, the
+  largest over tiles) and defective = score >= image_threshold. The mask is channel 0 either way.
+`Prediction.value` is what the image threshold is compared with (the fraction or the head's score).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIZE_MODES = ("pad", "resize")
 SCORE_TIEBREAK = 1e-6
+DECISION_RULES = ("fraction", "head")
 
 
 class AlgorithmError(ValueError):
@@ -132,6 +139,11 @@ class Prediction:
     threshold: float  # the image threshold that made the decision
     max_prob: float = 0.0
     prob: np.ndarray | None = field(default=None, repr=False)  # HxW float32, when keep_prob=True
+    value: float | None = None  # what the image threshold was compared with (module doc, Decision)
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            self.value = self.defect_fraction
 
     def to_dict(self) -> dict:
         return {"defective": self.defective, "defect_fraction": self.defect_fraction, "score": self.score,
@@ -142,7 +154,9 @@ class Algorithm:
     """Preprocessing and postprocessing of one model, built from its model card (model.json)."""
 
     def __init__(self, channels: int, size_policy: SizePolicy, mean, std,
-                 pixel_threshold: float = 0.5, image_threshold: float = 0.0) -> None:
+                 pixel_threshold: float = 0.5, image_threshold: float = 0.0, decision: str = "fraction") -> None:
+        if decision not in DECISION_RULES:
+            raise AlgorithmError(f"decision rule {decision!r} is not one of {list(DECISION_RULES)}")
         if channels not in (1, 3):
             raise AlgorithmError(f"channels must be 1 or 3, got {channels}")
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
@@ -156,6 +170,7 @@ class Algorithm:
         self.std = np.asarray(std, dtype=np.float32).reshape(channels, 1, 1)
         self.pixel_threshold = float(pixel_threshold)
         self.image_threshold = float(image_threshold)
+        self.decision = decision
         # preprocessing as x * scale + offset, and the pixel threshold on the logits (see postprocess)
         self._scale = (1.0 / (255.0 * self.std)).astype(np.float32)
         self._offset = (-self.mean / self.std).astype(np.float32)
@@ -182,6 +197,7 @@ class Algorithm:
                 mean=norm["mean"], std=norm["std"],
                 pixel_threshold=float(thresholds.get("pixel", 0.5)),
                 image_threshold=float(thresholds.get("image", 0.0)),
+                decision=decision_rule(card),
             )
         except KeyError as exc:
             raise AlgorithmError(f"model card lacks {exc.args[0]!r} (needs input.channels, input.size_policy, "
@@ -194,7 +210,30 @@ class Algorithm:
                       "normalisation": {"mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist(),
                                         "scale": 255.0}},
             "thresholds": {"pixel": self.pixel_threshold, "image": self.image_threshold},
+            "decision": {"rule": self.decision},
         }
+
+    def with_decision(self, rule: str) -> Algorithm:
+        """The same algorithm deciding by another rule ("fraction" also works on a head model's output: channel 0)."""
+        import copy
+
+        if rule not in DECISION_RULES:
+            raise AlgorithmError(f"decision rule {rule!r} is not one of {list(DECISION_RULES)}")
+        other = copy.copy(self)
+        other.decision = rule
+        return other
+
+    def decide(self, fraction: float, max_prob: float, image_logit: float | None, threshold: float
+               ) -> tuple[float, float, bool]:
+        """(score, value, defective) of one image by this algorithm's rule (module doc, Decision)."""
+        if self.decision == "head":
+            if image_logit is None:
+                raise AlgorithmError("this model decides with a decision head, but the network output has no image "
+                                     "logit channel (N x 2 x H x W expected): the export or weights do not match "
+                                     "model.json")
+            value = float(sigmoid(np.float32(image_logit)))
+            return value, value, value >= threshold
+        return fraction + SCORE_TIEBREAK * max_prob, fraction, fraction >= threshold
 
     # ------------------------------------------------------------------ input
     @staticmethod
@@ -313,17 +352,37 @@ class Algorithm:
             raise AlgorithmError(f"logits of shape {logits.shape} do not match {len(metas)} images (N x 1 x H x W)")
         out = []
         for lg, meta in zip(logits, metas):
+            image_logit = self.image_logit(lg, meta)
             lg = self.original_logits(lg, meta)
             # sigmoid is monotonic: prob >= pixel_threshold  <=>  logit >= logit(pixel_threshold), so the mask and
             # the maximum need no per-pixel exp (the costliest step of post-processing on CPU)
             mask = (lg >= self._logit_threshold).view(np.uint8)
             fraction = float(np.count_nonzero(mask)) / mask.size
             max_prob = float(sigmoid(lg.max()))
+            score, value, defective = self.decide(fraction, max_prob, image_logit, t)
             out.append(Prediction(
-                mask=mask, defect_fraction=fraction, score=fraction + SCORE_TIEBREAK * max_prob,
-                defective=fraction >= t, threshold=t, max_prob=max_prob, prob=sigmoid(lg) if keep_prob else None,
+                mask=mask, defect_fraction=fraction, score=score, defective=defective, threshold=t,
+                max_prob=max_prob, prob=sigmoid(lg) if keep_prob else None, value=value,
             ))
         return out
+
+    @staticmethod
+    def image_logit(logits: np.ndarray, meta: Meta) -> float | None:
+        """The decision head's image logit of one image's output (C x H x W), or None without a second channel."""
+        lg = np.asarray(logits)
+        if lg.ndim != 3 or lg.shape[0] < 2:
+            return None
+        ch, cw = meta.content
+        return float(lg[1, :ch, :cw].max())
+
+
+def decision_rule(card: dict) -> str:
+    """The image decision rule of a model card ("fraction" for cards written before decision heads)."""
+    rule = (card.get("decision") or {}).get("rule", "fraction")
+    if rule not in DECISION_RULES:
+        raise AlgorithmError(f"model card decision rule {rule!r} is not one of {list(DECISION_RULES)}: a newer "
+                             "version of the asset wrote it")
+    return rule
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

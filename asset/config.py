@@ -139,6 +139,17 @@ def validate_config(cfg: dict) -> None:
     _fraction("loss.bce_weight", cfg["loss"]["bce_weight"])
     _open_fraction_or_null("model.head_prior", m.get("head_prior"), "0.01")
     _open_fraction_or_null("optimizer.ema_decay", cfg["optimizer"].get("ema_decay"), "0.9")
+    from asset.algorithm import DECISION_RULES
+
+    if m.get("decision") not in DECISION_RULES:
+        raise ConfigError(f"model.decision must be one of {list(DECISION_RULES)}, got {m.get('decision')!r}")
+    _positive_int("model.decision_channels", m.get("decision_channels"))
+    if not isinstance(m.get("decision_detach"), bool):
+        raise ConfigError(f"model.decision_detach must be true or false, got {m.get('decision_detach')!r}")
+    weight = cfg["loss"].get("decision_weight")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise ConfigError(f"loss.decision_weight must be a number > 0 (e.g. 1.0), got {weight!r}")
+    _positive_int("loss.decision_ramp_epochs", cfg["loss"].get("decision_ramp_epochs"), 0)
     pos_weight = cfg["loss"].get("pos_weight")
     if pos_weight is not None and (isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float))
                                    or not pos_weight > 0):

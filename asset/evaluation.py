@@ -31,6 +31,11 @@ class Record:
     inter: int
     union: int
     gt_pixels: int
+    value: float | None = None  # what the image threshold is compared with (fraction or head score)
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            self.value = self.fraction
 
     @property
     def iou(self) -> float:
@@ -56,7 +61,7 @@ def evaluate_samples(runner: Runner, algorithm: Algorithm, samples: list, batch_
 
     with tqdm(total=len(samples), desc="evaluating", unit="img", disable=not progress) as bar:
         scores, _ = scoring.score_items(runner, algorithm, samples, batch_size, progress=bar.update)
-    return [Record(s.id, r.defective, r.fraction, r.score, r.inter, r.union, r.gt_pixels)
+    return [Record(s.id, r.defective, r.fraction, r.score, r.inter, r.union, r.gt_pixels, r.value)
             for s, r in zip(samples, scores)]
 
 
@@ -72,9 +77,9 @@ def compute_metrics(records: list[Record], image_threshold: float) -> dict:
 
 def worst_cases(records: list[Record], image_threshold: float, k: int = 4) -> dict[str, list[Record]]:
     """False positives with the highest scores and false negatives with the lowest (then low-IoU defective hits)."""
-    fps = sorted((r for r in records if not r.defective and r.fraction >= image_threshold), key=lambda r: -r.score)
-    fns = sorted((r for r in records if r.defective and r.fraction < image_threshold), key=lambda r: r.score)
-    low = sorted((r for r in records if r.defective and r.fraction >= image_threshold), key=lambda r: r.iou)
+    fps = sorted((r for r in records if not r.defective and r.value >= image_threshold), key=lambda r: -r.score)
+    fns = sorted((r for r in records if r.defective and r.value < image_threshold), key=lambda r: r.score)
+    low = sorted((r for r in records if r.defective and r.value >= image_threshold), key=lambda r: r.iou)
     return {"false_positives": fps[:k], "false_negatives": fns[:k], "lowest_iou_detections": low[:k]}
 
 
@@ -140,7 +145,8 @@ def write_report(out_dir: Path, metrics: dict, records: list[Record], samples: l
             png = io.BytesIO()
             Image.fromarray(overlay_panel(image, load_mask(s.rle), pred.mask)).save(png, format="PNG")
             write_bytes_atomic(out_dir / "overlays" / name, png.getvalue())
-            lines.append(f"**{r.id}**: defect fraction {r.fraction:.5f} (threshold {t:.5f}), IoU {r.iou:.3f}")
+            lines.append(f"**{r.id}**: defect fraction {r.fraction:.5f}, decided on {r.value:.5f} (threshold "
+                         f"{t:.5f}), IoU {r.iou:.3f}")
             lines.append("")
             lines.append(f"![{r.id}](overlays/{name})")
             lines.append("")

@@ -182,6 +182,11 @@ class ImageScore:
     inter: int
     union: int
     gt_pixels: int
+    value: float | None = None  # what the image threshold is compared with (Prediction.value); None = fraction
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            self.value = self.fraction
 
     @property
     def iou(self) -> float:
@@ -196,7 +201,8 @@ def image_score(pred: Prediction, defective: bool, mask: np.ndarray) -> ImageSco
         raise ValueError(f"ground-truth mask {gt.shape} and predicted mask {pm.shape} differ in size")
     inter = int(np.count_nonzero(pm & gt))
     return ImageScore(bool(defective), float(pred.defect_fraction), float(pred.score), bool(pred.defective),
-                      inter, int(np.count_nonzero(pm)) + int(np.count_nonzero(gt)) - inter, int(np.count_nonzero(gt)))
+                      inter, int(np.count_nonzero(pm)) + int(np.count_nonzero(gt)) - inter, int(np.count_nonzero(gt)),
+                      float(pred.value))
 
 
 def image_scores(preds: Sequence[Prediction], defective: Sequence[bool], masks: Iterable[np.ndarray]
@@ -216,15 +222,16 @@ def score(preds: Sequence[Prediction], defective: Sequence[bool], masks: Iterabl
 
 def metrics(scores: Sequence[ImageScore], image_threshold: float | None = None) -> dict:
     """The metrics of per-image scores (ImageScore, or anything with defective, fraction, score, inter, union and,
-    without a threshold, decision). Decisions are `fraction >= image_threshold` when one is given (to re-decide at
-    another threshold without running the model again), else the recorded ones."""
+    without a threshold, decision). Decisions are `value >= image_threshold` when one is given (to re-decide at
+    another threshold without running the model again; `value` is the defect fraction or a decision head's score,
+    `fraction` for objects without one), else the recorded ones."""
     if not scores:
         raise ValueError("no images to score")
     y = np.array([s.defective for s in scores], dtype=bool)
     if image_threshold is None:
         d = np.array([s.decision for s in scores], dtype=bool)
     else:
-        d = np.array([s.fraction for s in scores], dtype=np.float64) >= float(image_threshold)
+        d = np.array([decision_value(s) for s in scores], dtype=np.float64) >= float(image_threshold)
     tp, fp = int(np.sum(d & y)), int(np.sum(d & ~y))
     fn, tn = int(np.sum(~d & y)), int(np.sum(~d & ~y))
     inter = sum(s.inter for s in scores)
@@ -244,6 +251,13 @@ def metrics(scores: Sequence[ImageScore], image_threshold: float | None = None) 
         "ap": average_precision(ranking, y) if ranked else None,
         "auroc": auroc(ranking, y) if ranked else None,
     }
+
+
+def decision_value(s) -> float:
+    """What the image threshold is compared with for a scored image (ImageScore, Record, or any object with
+    `fraction` and optionally `value`)."""
+    value = getattr(s, "value", None)
+    return float(s.fraction if value is None else value)
 
 
 def _curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -287,5 +301,6 @@ def agreement(a: Sequence[Prediction], b: Sequence[Prediction]) -> dict:
 
 
 __all__ = ["DEFAULT_BATCH", "ImageScore", "Item", "agreement", "auroc", "average_precision", "dataset_items",
+           "decision_value",
            "first_split", "image_score", "image_scores", "metrics", "network_batches", "open_model_dataset",
            "predict_all", "predictions_from_logits", "run_logits", "score", "score_items", "split_items"]

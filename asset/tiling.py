@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from asset.algorithm import SCORE_TIEBREAK, Algorithm, AlgorithmError, Prediction, sigmoid
+from asset.algorithm import Algorithm, AlgorithmError, Prediction, sigmoid
 
 DEFAULT_MAX_INPUT_FACTOR = 16.0
 BLOCK = (512, 4096)  # rows x columns resized back at a time (cv2 maps are limited to 32767 per side)
@@ -126,20 +126,25 @@ class Tiler:
         weight = np.zeros_like(total)
         origins = [(y, x) for y in plan.ys for x in plan.xs]
         step = max(1, min(int(batch_size), self.max_tiles))
+        image_logit = None  # a decision head's image logit: the largest over the tiles (defective if any tile is)
         for start in range(0, len(origins), step):
             part = origins[start:start + step]
-            x, _ = alg.preprocess([work[y:y + th, x0:x0 + tw] for y, x0 in part])
+            x, metas = alg.preprocess([work[y:y + th, x0:x0 + tw] for y, x0 in part])
             logits = np.asarray(infer(x), dtype=np.float32)
+            for meta, lg in zip(metas, logits):
+                tile_logit = alg.image_logit(lg, meta)
+                if tile_logit is not None:
+                    image_logit = tile_logit if image_logit is None else max(image_logit, tile_logit)
             if logits.ndim == 4:
                 logits = logits[:, 0]
             for (y, x0), lg in zip(part, logits):
                 total[y:y + th, x0:x0 + tw] += lg
                 weight[y:y + th, x0:x0 + tw] += 1.0
         work_logits = (total / np.maximum(weight, 1.0))[:wh, :ww]
-        return self._decide(work_logits, (height, width), image_threshold, keep_prob)
+        return self._decide(work_logits, (height, width), image_threshold, keep_prob, image_logit)
 
     def _decide(self, logits: np.ndarray, original: tuple[int, int], image_threshold: float | None,
-                keep_prob: bool) -> Prediction:
+                keep_prob: bool, image_logit: float | None = None) -> Prediction:
         """Working-scale logits -> mask at the original size, resized block by block."""
         alg = self.algorithm
         t = alg.image_threshold if image_threshold is None else float(image_threshold)
@@ -157,8 +162,9 @@ class Tiler:
                 prob[r0:r0 + rows, c0:c0 + cols] = sigmoid(block)
         fraction = float(np.count_nonzero(mask)) / mask.size
         max_prob = float(sigmoid(np.float32(top)))
-        return Prediction(mask=mask, defect_fraction=fraction, score=fraction + SCORE_TIEBREAK * max_prob,
-                          defective=fraction >= t, threshold=t, max_prob=max_prob, prob=prob)
+        score, value, defective = alg.decide(fraction, max_prob, image_logit, t)
+        return Prediction(mask=mask, defect_fraction=fraction, score=score, defective=defective, threshold=t,
+                          max_prob=max_prob, prob=prob, value=value)
 
 
 def upsample_blocks(src: np.ndarray, height: int, width: int):

@@ -230,9 +230,18 @@ def load_encoder_weights(encoder: nn.Module, path: Path, in_channels: int) -> in
 
 # ------------------------------------------------------------------------- model directories
 def network_from_card(card: dict) -> nn.Module:
-    """An untrained network with the card's architecture (no encoder weights, offline)."""
-    return build_model(card["arch"], card["encoder"], int(card["input"]["channels"]), "none",
-                       classes=int(card.get("classes", 1)))
+    """An untrained network with the card's architecture (no encoder weights, offline), with its decision head
+    when the card's decision rule is "head"."""
+    from asset.algorithm import decision_rule
+
+    net = build_model(card["arch"], card["encoder"], int(card["input"]["channels"]), "none",
+                      classes=int(card.get("classes", 1)))
+    if decision_rule(card) == "head":
+        from asset.models.decision import build_decision_net
+
+        head = card["decision"]
+        net = build_decision_net(net, int(head.get("channels", 32)), bool(head.get("detach", True)))
+    return net
 
 
 def load_network(model_dir: str | os.PathLike, verify: bool = True) -> tuple[nn.Module, dict]:

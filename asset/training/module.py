@@ -53,10 +53,12 @@ def build_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd")
 
 
-def build_scheduler(optimizer, cfg: dict, total_steps: int, lr: float):
-    """-> Lightning lr_scheduler config dict, or None."""
+def build_scheduler(optimizer, cfg: dict, total_steps, lr: float):
+    """-> Lightning lr_scheduler config dict, or None. For cosine, `total_steps` may be a callable read at every
+    step: the length the schedule runs to can then change during training (TimeBudgetSchedule)."""
     name = cfg["name"].lower()
-    total_steps = max(1, int(total_steps))
+    steps_now = total_steps if callable(total_steps) else (lambda: total_steps)
+    total_steps = max(1, int(steps_now()))
     if name == "none":
         return None
     if name == "cosine":
@@ -67,7 +69,8 @@ def build_scheduler(optimizer, cfg: dict, total_steps: int, lr: float):
 
             if step < warm:
                 return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+            total = max(1, int(steps_now()))
+            progress = min(1.0, (step - warm) / max(1, total - warm))
             return 0.5 * (1 + math.cos(math.pi * progress))
 
         return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
@@ -92,7 +95,11 @@ class SegmentationModule(L.LightningModule):
     accumulate per process and sync across processes (DDP) when computed."""
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: dict, scheduler: dict,
-                 pixel_threshold: float = 0.5) -> None:
+                 pixel_threshold: float = 0.5, decision_weight: float | None = None,
+                 decision_ramp_epochs: int = 0) -> None:
+        """`decision_weight` set: `net` is a DecisionNet (N x 2 x H x W out, asset/models/decision.py); its image
+        logit is trained with BCE against the image label at this weight (ramped in over `decision_ramp_epochs`),
+        and val/ap ranks by the head's score, as the model will decide."""
         super().__init__()
         from torchmetrics.aggregation import SumMetric
         from torchmetrics.classification import BinaryAveragePrecision, BinaryJaccardIndex
@@ -102,6 +109,8 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         self.pixel_threshold = float(pixel_threshold)
+        self.decision_weight = None if decision_weight is None else float(decision_weight)
+        self.decision_ramp_epochs = int(decision_ramp_epochs)
         # states are not persistent: checkpoints hold the same keys as before
         self.val_iou = BinaryJaccardIndex(zero_division=1.0, validate_args=False)
         self.val_ap = BinaryAveragePrecision(thresholds=None, normalization=None, validate_args=False)
@@ -119,9 +128,25 @@ class SegmentationModule(L.LightningModule):
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
 
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Network output -> (pixel logits N x 1 x H x W, image logits N or None without a decision head)."""
+        if self.decision_weight is None:
+            return out, None
+        return out[:, :1], out[:, 1].flatten(1).amax(1)
+
+    def _decision_weight(self) -> float:
+        ramp = self.decision_ramp_epochs
+        return self.decision_weight * (min(1.0, (self.current_epoch + 1) / ramp) if ramp > 0 else 1.0)
+
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
-        loss = self.loss(self.net(x), y)
+        logits, image_logits = self._split(self.net(x))
+        loss = self.loss(logits, y)
+        if image_logits is not None:
+            label = (y.flatten(1).amax(1) > 0.5).float()
+            decision_loss = nn.functional.binary_cross_entropy_with_logits(image_logits, label)
+            self.log("train/decision_loss", decision_loss, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            loss = loss + self._decision_weight() * decision_loss
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
 
@@ -131,15 +156,19 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch
-        logits = self.net(x)
+        logits, image_logits = self._split(self.net(x))
         loss = self.loss(logits, y)
         prob = torch.sigmoid(logits)
         pred = prob >= self.pixel_threshold
         gt = y > 0.5
         self.val_iou.update(pred.long(), gt.long())
-        # the image score of asset/algorithm.py: defect fraction, ties broken by the maximum probability
-        score = pred.flatten(1).float().mean(1) + SCORE_TIEBREAK * prob.flatten(1).amax(1)
         label = gt.flatten(1).any(1)
+        if image_logits is not None:  # the head's score, as asset/algorithm.py decides with it
+            score = torch.sigmoid(image_logits)
+            loss = loss + self.decision_weight * nn.functional.binary_cross_entropy_with_logits(image_logits,
+                                                                                                 label.float())
+        else:  # the image score of asset/algorithm.py: defect fraction, ties broken by the maximum probability
+            score = pred.flatten(1).float().mean(1) + SCORE_TIEBREAK * prob.flatten(1).amax(1)
         self.val_ap.update(score.double(), label.long())
         self.val_images.update(torch.tensor(float(label.numel()), device=self.device))
         self.val_defective.update(label.sum().float())
@@ -159,6 +188,29 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(self.net.parameters(), self.optimizer_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        sched = build_scheduler(opt, self.scheduler_cfg, total, float(self.optimizer_cfg["lr"]))
+        # the steps the cosine runs to: max_epochs' steps, shortened by TimeBudgetSchedule under trainer.max_time
+        self.schedule_steps = int(self.trainer.estimated_stepping_batches)
+        sched = build_scheduler(opt, self.scheduler_cfg, lambda: self.schedule_steps, float(self.optimizer_cfg["lr"]))
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
+
+
+def time_budget_schedule():
+    """A callback that sizes the cosine schedule to trainer.max_time: after each epoch the steps that still fit
+    (at the pace so far, validation included) set the schedule's length, so the learning rate reaches its end when
+    the time cap stops training, not at max_epochs far beyond it (the cap otherwise stopped the KolektorSDD recipe
+    with the learning rate at 9-22% of its peak). Without a time cap it does nothing."""
+    from lightning.pytorch.callbacks import Callback, Timer
+
+    class TimeBudgetSchedule(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+            remaining = timer.time_remaining() if timer is not None else None
+            steps = int(trainer.global_step)
+            if remaining is None or steps < 1:
+                return
+            pace = timer.time_elapsed() / steps
+            fits = steps + int(max(0.0, remaining) / pace)
+            planned = int(trainer.estimated_stepping_batches)
+            pl_module.schedule_steps = max(steps + 1, min(planned, fits))
+
+    return TimeBudgetSchedule()

@@ -107,7 +107,7 @@ def calibrate(records_by_split: dict, min_defects: int, margin: str = "linear", 
     defective fractions (lower end at least one pixel of the largest image, `pixels` = its pixel count)."""
     records = [r for recs in records_by_split.values() for r in recs]
     min_fraction = 1.0 / pixels if margin == "geometric" and pixels else None
-    value, accuracy = calibrate_image_threshold([r.fraction for r in records], [r.defective for r in records],
+    value, accuracy = calibrate_image_threshold([r.value for r in records], [r.defective for r in records],
                                                 min_fraction=min_fraction)
     defective = sum(r.defective for r in records)
     warning = None
@@ -151,13 +151,18 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False) -> dict:
     net = build_model(m["arch"], m["encoder"], channels, m["encoder_weights"], weights_cache=m["weights_cache"])
     if m.get("head_prior") is not None:
         set_head_prior(net, float(m["head_prior"]))
+    if m["decision"] == "head":
+        from asset.models.decision import build_decision_net
+
+        net = build_decision_net(net, m["decision_channels"], m["decision_detach"])
     divisor = required_divisor(net, m["arch"])
     policy = size_policy_for(cfg, doc, divisor)
     norm = m["normalisation"]
     if norm in (None, "auto"):
         pretrained = str(m["encoder_weights"]).lower() not in ("none", "null", "")
         norm = default_normalisation(channels, pretrained)
-    algorithm = Algorithm(channels, policy, norm["mean"], norm["std"], cfg["thresholds"]["pixel"], 0.0)
+    algorithm = Algorithm(channels, policy, norm["mean"], norm["std"], cfg["thresholds"]["pixel"], 0.0,
+                          decision=m["decision"])
     first = split_samples(version_dir, doc, "train")[0]
     shape = policy.network_shape(first.height, first.width)
     min_size = get_architecture(m["arch"]).min_size
@@ -211,7 +216,10 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     dm = DefectDataModule(parts["version_dir"], algorithm, d["batch_size"], d["num_workers"], d["augment"],
                           cfg["seed"], d["eval_batch_size"], oversample=d["oversample"])
     loss = build_loss(cfg["loss"]["name"], cfg["loss"]["bce_weight"], cfg["loss"].get("pos_weight"))
-    module = SegmentationModule(net, loss, cfg["optimizer"], cfg["scheduler"], cfg["thresholds"]["pixel"])
+    head = cfg["model"]["decision"] == "head"
+    module = SegmentationModule(net, loss, cfg["optimizer"], cfg["scheduler"], cfg["thresholds"]["pixel"],
+                                decision_weight=cfg["loss"]["decision_weight"] if head else None,
+                                decision_ramp_epochs=cfg["loss"]["decision_ramp_epochs"])
     monitor = cfg["checkpoint"]["monitor"]
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_top_k=1, enable_version_counter=False)
@@ -221,6 +229,10 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
                              enable_version_counter=False)
     history = _val_history_callback()
     callbacks = [ckpt, history, latest]
+    if cfg["trainer"].get("max_time") and cfg["scheduler"]["name"].lower() == "cosine":
+        from asset.training.module import time_budget_schedule
+
+        callbacks.append(time_budget_schedule())
     if cfg["optimizer"].get("ema_decay") is not None:
         # Lightning's EMA: validation runs on the averaged weights and checkpoints hold them as state_dict (the
         # raw ones as current_model_state, for --resume), so best.ckpt and weights.pt are what val measured.
@@ -272,8 +284,9 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
                 for split in CALIBRATION_SPLITS[cfg["thresholds"]["image_calibration"]]}
     records = by_split["val"]
     largest = max(s.height * s.width for split in by_split for s in dm.samples(split))
+    # the geometric margin is for defect fractions (decades apart); a head's score is a probability: linear
     calibration = calibrate(by_split, cfg["thresholds"]["min_calibration_defects"],
-                            cfg["thresholds"]["image_margin"], largest)
+                            "linear" if head else cfg["thresholds"]["image_margin"], largest)
     calibrated = calibration["value"]
     if calibration["warning"]:
         _say(out_dir, f"warning: {calibration['warning']}")
@@ -297,6 +310,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
         "classes": 1,
         "weights": modeldir.WEIGHTS,
         **algorithm.to_card(),
+        "decision": decision_card(cfg),
         "dataset": {"name": doc["name"], "version": doc["version"], "path": str(parts["version_dir"]),
                     "splits": doc["splits"], "schema": doc["schema"]},
         "training": {
@@ -321,6 +335,16 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     _say(out_dir, f"model written to {out_dir}")  # before the checksums: train.log is covered by them
     modeldir.write_card(out_dir, card)
     return card
+
+
+def decision_card(cfg: dict) -> dict:
+    """The card's `decision` section: which rule decides (asset/algorithm.py) and, for a head, how to rebuild it."""
+    m, loss = cfg["model"], cfg["loss"]
+    if m["decision"] != "head":
+        return {"rule": "fraction", "score": "defect fraction (+1e-6 x max probability)"}
+    return {"rule": "head", "score": "sigmoid of the decision head's image logit", "channels": m["decision_channels"],
+            "detach": m["decision_detach"], "loss_weight": loss["decision_weight"],
+            "ramp_epochs": loss["decision_ramp_epochs"]}
 
 
 def _best_iou(row: dict, ckpt, monitor: str) -> float | None:

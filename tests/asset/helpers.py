@@ -12,9 +12,11 @@ from datatools.records import ParsedDataset, RawSample
 
 
 def make_dataset(root: Path, n_train: int = 24, n_test: int = 12, size: int = 32, channels: int = 1,
-                 seed: int = 0, name: str = "tiny", sizes: list[tuple[int, int]] | None = None) -> Path:
+                 seed: int = 0, name: str = "tiny", sizes: list[tuple[int, int]] | None = None,
+                 parts_per_object: int | None = None) -> Path:
     """Noise texture; defective images carry a bright square (easy to learn). Half of each split is defective.
-    `sizes` (optional) cycles image sizes (H, W) to make a dataset of varying sizes."""
+    `sizes` (optional) cycles image sizes (H, W) to make a dataset of varying sizes. `parts_per_object` groups
+    consecutive images into objects (`group` obj00, obj01, ...; one group "g" otherwise)."""
     rng = np.random.default_rng(seed)
     raw = Path(root) / f"raw-{name}"
     raw.mkdir(parents=True, exist_ok=True)
@@ -33,6 +35,7 @@ def make_dataset(root: Path, n_train: int = 24, n_test: int = 12, size: int = 32
             ip, mp = raw / f"{split}{i:03d}.png", raw / f"{split}{i:03d}_mask.png"
             Image.fromarray(arr).save(ip)
             Image.fromarray(mask * 255).save(mp)
-            samples.append(RawSample(id=f"{split}/{i:03d}", image=ip, group="g", split=split, mask=mp))
+            group = f"obj-{split}{i // parts_per_object:02d}" if parts_per_object else "g"
+            samples.append(RawSample(id=f"{split}/{i:03d}", image=ip, group=group, split=split, mask=mp))
     parsed = ParsedDataset(name=name, source={"dataset": "tiny test set"}, license="CC0", samples=samples)
     return write_dataset(parsed, Path(root) / "data", raw=raw, val_fraction=0.34, seed=seed, workers=1, progress=False)
