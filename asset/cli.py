@@ -13,7 +13,7 @@ import sys
 
 import asset
 
-COMMANDS = ["train", "evaluate", "export", "benchmark", "serve", "sweep", "report"]
+COMMANDS = ["train", "evaluate", "export", "benchmark", "serve", "sweep", "report", "cv"]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -27,7 +27,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     for mod, name in (("datatools.errors", "DatasetError"), ("asset.training.data", "DataError"),
                       ("asset.training.train", "TrainError"), ("asset.export.formats", "ExportError"),
                       ("asset.backends.base", "BackendError"),
-                      ("asset.sweep.grid", "SweepError"), ("asset.report.collect", "ReportError")):
+                      ("asset.sweep.grid", "SweepError"), ("asset.report.collect", "ReportError"),
+                      ("asset.cv", "CVError")):
         m = sys.modules.get(mod)
         if m is not None:
             errors.append(getattr(m, name))

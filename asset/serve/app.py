@@ -271,7 +271,7 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
         results = []
         for image, p in zip(images, predictions):
             t = p.threshold if threshold is None else threshold
-            defective = bool(p.defect_fraction >= t)
+            defective = bool(p.value >= t)  # the model's decision rule: defect fraction or decision head score
             metrics.images.labels("defective" if defective else "ok").inc()
             rle = coco_mask.encode(np.asfortranarray(p.mask.astype(np.uint8)))
             png = None

@@ -26,9 +26,11 @@ class Timings(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    defective: bool = Field(description="defect_fraction >= threshold")
+    defective: bool = Field(description="defect_fraction >= threshold, or score >= threshold for a model with a "
+                                        "decision head (model.json decision.rule)")
     defect_fraction: float = Field(description="share of pixels whose defect probability >= the pixel threshold")
-    score: float = Field(description="image score used for AP/AUROC (the fraction, ties broken by the max probability)")
+    score: float = Field(description="image score used for AP/AUROC: the fraction, ties broken by the max "
+                                     "probability; or the decision head's probability (model.json decision.rule)")
     threshold: float = Field(description="image threshold applied (the model's calibrated one unless overridden)")
     width: int
     height: int
