@@ -14,7 +14,7 @@ OUT  ?= data
 DEMO ?= out/demo
 ARGS ?=
 
-.PHONY: help setup test demo bench lint serve clean \
+.PHONY: help setup test demo bench bench-smoke lint serve clean \
         datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2 datatool-synthetic
 
 help: ## list the targets
@@ -34,8 +34,12 @@ test: setup ## run the whole test suite (what CI runs)
 demo: setup ## end to end on the embedded synthetic dataset: generate, convert, validate, report, ...
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO)
 
-bench: setup ## benchmarks, each against a baseline measured in the same run (not part of tests)
-	PATH="$(abspath $(BIN)):$$PATH" bash scripts/bench.sh out/bench
+QUICK ?=
+bench: setup ## benchmarks, each against a baseline measured in the same run; writes README's performance table (QUICK=1: smoke run)
+	PATH="$(abspath $(BIN)):$$PATH" QUICK="$(QUICK)" bash scripts/bench.sh $(if $(QUICK),out/bench-smoke,out/bench)
+
+bench-smoke: setup ## every benchmark script end to end at tiny sizes (checks the rows, not the timings; make test runs it too)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/bench.sh out/bench-smoke --quick
 
 MODEL ?= $(DEMO)/model
 HOST  ?= 127.0.0.1

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_inference import make_dataset  # noqa: E402
+from bench_models import make_dataset, train_model  # noqa: E402
 from loadtest import free_port, run_level, wait_ready  # noqa: E402
 
 WORKLOADS = {"dagm512": (512, 1), "rgb256": (256, 3)}  # name -> (image side, channels)
@@ -64,14 +64,22 @@ def request_image(size: int, channels: int) -> np.ndarray:
     return np.random.default_rng(1).integers(60, 120, size=(size, size, 3)).astype(np.uint8)
 
 
-def start_server(model: Path, threads: int, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, threads: int, max_batch: int, log_file: Path) -> tuple[subprocess.Popen, str]:
+    """`asset serve` on a free loopback port, its output into `log_file` (shown when it fails to start)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "asset.cli", "serve", "--model", str(model), "--port", str(port),
-                               "--threads", str(threads), "--max-batch", str(max_batch), "--max-wait-ms", "2"],
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_ready(url, server)
+    with open(log_file, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "asset.cli", "serve", "--model", str(model), "--port",
+                                   str(port), "--threads", str(threads), "--max-batch", str(max_batch),
+                                   "--max-wait-ms", "2"],
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(url, server, log_file=log_file)
+    except SystemExit:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+        raise
     return server, url
 
 
@@ -97,23 +105,28 @@ async def interleaved_c1(url: str, payload: bytes, predictor, image: np.ndarray,
             "p50_ms": float(np.median(served_ms)), "p99_ms": float(np.percentile(served_ms, 99))}
 
 
-def run_workload(name: str, root: Path, arch: str, encoder: str, threads: int, rounds: int, memory: bool) -> dict:
+def run_workload(name: str, root: Path, arch: str, encoder: str, threads: int, rounds: int, memory: bool,
+                 quick: bool = False) -> dict:
     """Bare and server measurements alternate while the other side sits idle, so a slow spell of a shared
     machine lands on both: at concurrency 1 call by call, at concurrency 8 in `rounds` short bursts each
-    (the ratio is taken within each burst pair and the median pair reported)."""
+    (the ratio is taken within each burst pair and the median pair reported). The model is trained by
+    `asset train` (one epoch on the workload's images: its speed, not its accuracy, is measured) and exported by
+    `asset export`, as users make theirs. `quick`: the workload at 64x64 with a few requests (smoke test)."""
     from asset.export import export_model
     from asset.predictor import Predictor
-    from tests.asset.backend_helpers import make_model_dir
 
     size, channels = WORKLOADS[name]
-    dataset = make_dataset(root / name, size, channels)
-    model = make_model_dir(root / name / "model", dataset, arch, encoder, channels=channels)
+    if quick:
+        size = 64
+    dataset = make_dataset(root / name, size, channels, n_train=8, n_test=2)
+    model = train_model(root / name / "model", dataset, arch, encoder, epochs=1,
+                        log=lambda m: print(f"  {m}", file=sys.stderr))
     export_model(model, "onnx", verify_images=4, log=lambda m: None)
     image = request_image(size, channels)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     payload = buf.getvalue()
-    per_burst = 256 if size <= 256 else 64  # images per throughput burst: a couple of seconds each
+    per_burst = 16 if quick else 256 if size <= 256 else 64  # images per throughput burst: a couple of seconds each
 
     with Predictor(model, backend="onnxruntime", threads=threads, batch_size=8) as predictor:
         x, _ = predictor.algorithm.preprocess([image])
@@ -121,9 +134,9 @@ def run_workload(name: str, root: Path, arch: str, encoder: str, threads: int, r
         batched = {b: b / (median_ms(lambda b=b: predictor.predict([image] * b), max(6, per_burst // b)) / 1000)
                    for b in (1, 2, 4, 8)}
         best = max(batched, key=batched.get)
-        server, url = start_server(model, threads, best)
+        server, url = start_server(model, threads, best, root / name / "server.log")
         try:
-            asyncio.run(run_level(url, payload, 8, 30, 40))  # connections, caches and the allocator settle
+            asyncio.run(run_level(url, payload, 8, 30, 8 if quick else 40))  # connections, caches, allocator settle
             c1 = asyncio.run(interleaved_c1(url, payload, predictor, image, per_burst // 2))
             bursts = []
             for _ in range(rounds):
@@ -136,9 +149,9 @@ def run_workload(name: str, root: Path, arch: str, encoder: str, threads: int, r
             out: dict = {}
             if memory:
                 proc = psutil.Process(server.pid)
-                asyncio.run(run_level(url, payload, 8, 120, 100))
+                asyncio.run(run_level(url, payload, 8, 120, 10 if quick else 100))
                 out["rss_after_100_mb"] = proc.memory_info().rss / 2**20
-                asyncio.run(run_level(url, payload, 8, 300, 900))
+                asyncio.run(run_level(url, payload, 8, 300, 20 if quick else 900))
                 out["rss_after_1000_mb"] = proc.memory_info().rss / 2**20
         finally:
             server.terminate()
@@ -181,8 +194,12 @@ def main() -> None:
     parser.add_argument("--encoder", default="mobilenet_v2")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--rounds", type=int, default=5, help="alternating bare/server bursts at concurrency 8 (default 5)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64x64 images, a few requests, 1 round (its "
+                        "figures mean nothing; checks the script end to end)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = 1
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in names if w not in WORKLOADS]
     if unknown or not names:
@@ -190,8 +207,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-server-"))
     try:
-        results = [run_workload(name, root, args.arch, args.encoder, args.threads, args.rounds, memory=i == 0)
-                   for i, name in enumerate(names)]
+        results = [run_workload(name, root, args.arch, args.encoder, args.threads, args.rounds, memory=i == 0,
+                                quick=args.quick) for i, name in enumerate(names)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     for r in results:

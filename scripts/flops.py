@@ -7,7 +7,9 @@ Two independent counts of the same network at the same input (batch included):
   every Conv, ConvTranspose, Gemm and MatMul from their shapes, x2. Element-wise ops (BN, ReLU, Add, Resize) are
   left out by both counts; they are memory-bound and a small share of a CNN's arithmetic.
 The peak (`peak_rates`) is an upper bound of what the cores can do, so that time >= FLOPs / peak always holds:
-cores x (vector lanes x operations per cycle, from the /proc/cpuinfo flags) x clock. The clock is measured
+cores x (FLOP per cycle of the microarchitecture, MICROARCHITECTURES below, else of the widest instructions the
+/proc/cpuinfo flags list) x clock. A measured fp32 GEMM (`gemm_gflops`) is reported beside it: the floor at the rate
+a real kernel reaches here. The clock is measured
 (`measured_clock_ghz`: a chain of dependent multiplies of known latency, best of many runs, so turbo counts), and
 never taken lower than the stated one (/proc/cpuinfo "cpu MHz", the nominal clock under a hypervisor) or the one a
 measured fp32 GEMM implies. A measured GEMM alone is no peak: BLAS libraries need not use the widest vectors a
@@ -22,8 +24,39 @@ from pathlib import Path
 
 import numpy as np
 
-# fp32 FLOP per cycle per core (2 FMA pipes x lanes x 2), int8 multiply-adds per cycle per core, by instruction set.
-# Each is the best the ISA allows on any core that has it, so the peak errs high and the floor stays a floor.
+# The peak per core comes first from the microarchitecture (CPUID vendor, family, model: MICROARCHITECTURES), because
+# an instruction set says how wide an instruction is, not how wide the units that execute it are: AMD Zen 4 runs
+# AVX-512 on 256-bit units (a zmm FMA takes two passes), so it does 32 fp32 FLOP per cycle per core like Zen 2/3,
+# not the 64 of a core with two 512-bit FMA units. Only when the CPU is not in the table, or the table cannot be
+# this core (a hypervisor's stand-in CPU model: the flags show wider instructions than the row's core has, or a
+# measured GEMM beats the row's peak at the measured clock), the widest instructions' best case is taken
+# (FP32_PER_CYCLE, INT8_MACS_PER_CYCLE: errs high, so the floor stays a floor). Every figure says which was used.
+#
+# vendor, family, model ranges, name, fp32 FLOP/cycle/core, int8 MAC/cycle/core, how. Sources: AMD's Software
+# Optimization Guides for family 17h (Zen, Zen 2), 19h (Zen 3, Zen 4) and 1Ah (Zen 5); Intel's Optimization Reference
+# Manual (port tables); Agner Fog's microarchitecture manual.
+MICROARCHITECTURES = (
+    ("AuthenticAMD", 0x17, ((0x00, 0x2F),), "AMD Zen / Zen+", 16, 32,
+     "2 x 128-bit FMA pipes (a 256-bit AVX2 op is split in two): 2 x 4 fp32 lanes x 2 FLOP; int8 2 x 128-bit "
+     "VPMADDUBSW"),
+    ("AuthenticAMD", 0x17, ((0x30, 0xFF),), "AMD Zen 2", 32, 64,
+     "2 x 256-bit FMA pipes: 2 x 8 fp32 lanes x 2 FLOP; int8 2 x 256-bit VPMADDUBSW"),
+    ("AuthenticAMD", 0x19, ((0x00, 0x0F), (0x20, 0x5F)), "AMD Zen 3", 32, 64,
+     "2 x 256-bit FMA pipes: 2 x 8 fp32 lanes x 2 FLOP; int8 2 x 256-bit VPMADDUBSW"),
+    ("AuthenticAMD", 0x19, ((0x10, 0x1F), (0x60, 0x7F), (0xA0, 0xAF)), "AMD Zen 4", 32, 64,
+     "AVX-512 on 2 x 256-bit FMA pipes (a 512-bit op takes two passes): 32 fp32 FLOP; int8 VNNI at 256 bits per "
+     "pass: 2 x 32 u8*s8 MACs"),
+    ("AuthenticAMD", 0x1A, ((0x00, 0xFF),), "AMD Zen 5", 64, 128,
+     "2 x 512-bit FMA pipes (server and desktop parts): 2 x 16 fp32 lanes x 2 FLOP; int8 2 x 512-bit VPDPBUSD"),
+    ("GenuineIntel", 6, ((0x3C, 0x3C), (0x3F, 0x3F), (0x45, 0x47), (0x4E, 0x4F), (0x56, 0x56), (0x5E, 0x5E),
+                         (0x8E, 0x8E), (0x9E, 0x9E), (0xA5, 0xA5)), "Intel Haswell .. Comet Lake", 32, 64,
+     "2 x 256-bit FMA ports: 2 x 8 fp32 lanes x 2 FLOP; int8 2 x 256-bit VPMADDUBSW"),
+    ("GenuineIntel", 6, ((0x55, 0x55), (0x6A, 0x6A), (0x6C, 0x6C)), "Intel Skylake-SP .. Ice Lake-SP", 64, 128,
+     "2 x 512-bit FMA ports (parts with one 512-bit FMA unit do half: errs high); int8 2 x VPDPBUSD zmm"),
+    ("GenuineIntel", 6, ((0x8F, 0x8F), (0xCF, 0xCF), (0xAD, 0xAE)), "Intel Sapphire Rapids .. Granite Rapids", 64,
+     1024, "2 x 512-bit FMA ports; int8 AMX TDPBUSD: 16x16x64 = 16,384 u8*s8 MACs per 16 cycles"),
+)
+# By instruction set (the fallback): each row is the best the ISA allows on any core that has it.
 FP32_PER_CYCLE = (("avx512f", 64, "2 x 512-bit FMA (16 fp32 lanes) x 2 FLOP"),
                   ("avx2+fma", 32, "2 x 256-bit FMA (8 fp32 lanes) x 2 FLOP"),
                   ("avx", 16, "256-bit add + 256-bit multiply (8 fp32 lanes each)"),
@@ -106,11 +139,15 @@ def onnx_flops(path: str | Path, shape: tuple[int, ...]) -> dict:
 
 
 def cpu_facts(cpuinfo: str) -> dict:
-    """{"model", "flags", "mhz"} of the first processor in a /proc/cpuinfo text."""
+    """{"model", "vendor", "family", "model_number", "flags", "mhz", "hypervisor"} of the first processor in a
+    /proc/cpuinfo text (family / model_number None when not stated)."""
     first = cpuinfo.split("\n\n")[0]
     get = lambda key: (re.search(rf"^{key}\s*:\s*(.*)$", first, re.M) or [None, ""])[1].strip()  # noqa: E731
-    mhz = get("cpu MHz")
-    return {"model": get("model name"), "flags": set(get("flags").split()), "mhz": float(mhz) if mhz else None}
+    mhz, family, model = get("cpu MHz"), get("cpu family"), get("model")
+    flags = set(get("flags").split())
+    return {"model": get("model name"), "vendor": get("vendor_id"), "family": int(family) if family.isdigit() else None,
+            "model_number": int(model) if model.isdigit() else None, "flags": flags, "mhz": float(mhz) if mhz else None,
+            "hypervisor": "hypervisor" in flags}
 
 
 def _best(table, flags: set[str]) -> tuple[str, int, str]:
@@ -119,26 +156,92 @@ def _best(table, flags: set[str]) -> tuple[str, int, str]:
     return max(rows, key=lambda r: r[1])
 
 
+def _row(name: str) -> tuple:
+    return next(r for r in MICROARCHITECTURES if r[3] == name)
+
+
+def _has_avx512(row: tuple) -> bool:
+    return row[4] >= 64 or row[3] == "AMD Zen 4"
+
+
+def microarchitecture(facts: dict) -> tuple[tuple | None, str]:
+    """(MICROARCHITECTURES row or None, why) for the CPU of `facts`: by CPUID vendor/family/model when the flags
+    agree with that core (AVX-512 or not); for AMD also by the flags that tell its cores apart (AVX-512 with AVX-VNNI
+    is Zen 5, AVX-512 alone Zen 4, AVX2 Zen 2/3; Zen and Zen+ only by their CPUID model). Under a hypervisor the
+    stated model is the hypervisor's choice (QEMU's "EPYC" is family 23 model 1, the first EPYC, whatever the host),
+    so there the wider of the two is taken: the peak errs high, never low."""
+    fam, mod, flags = facts.get("family"), facts.get("model_number"), facts["flags"]
+    ident = f"CPUID {facts.get('vendor') or '?'} family {fam} model {mod}"
+    by_id, id_why = None, f"{ident} not in the table"
+    if fam is not None and mod is not None:
+        for row in MICROARCHITECTURES:
+            if row[0] == facts.get("vendor") and row[1] == fam and any(lo <= mod <= hi for lo, hi in row[2]):
+                if _has_avx512(row) == ("avx512f" in flags):
+                    by_id, id_why = row, f"{ident}: {row[3]}"
+                else:
+                    id_why = f"{ident} ({row[3]}) contradicted by the flags' AVX-512 support"
+                break
+    by_flags = None
+    if facts.get("vendor") == "AuthenticAMD" and "avx2" in flags and "fma" in flags:
+        by_flags = _row(("AMD Zen 5" if "avx_vnni" in flags else "AMD Zen 4") if "avx512f" in flags else "AMD Zen 2")
+    if by_id is not None and (by_flags is None or not facts.get("hypervisor") or by_id[4] >= by_flags[4]):
+        return by_id, id_why
+    if by_flags is not None:
+        under = " under a hypervisor, which states a model of its choice" if by_id is not None else ""
+        return by_flags, f"{id_why}{under}; the AMD core the flags show: {by_flags[3]} class"
+    return None, id_why
+
+
 def peak_rates(cores: int, cpuinfo: str, clock_ghz: float | None = None, gemm_gflops: float | None = None) -> dict:
     """Peak fp32 FLOP/s and int8 OP/s (a MAC = 2 OP) of `cores` cores, and how they were derived.
 
+    Per core and cycle: the microarchitecture's width (`microarchitecture`, MICROARCHITECTURES), else the widest
+    instructions' best case (FP32_PER_CYCLE / INT8_MACS_PER_CYCLE); a row that a measured fp32 GEMM beats at the
+    clock the row would need is not this core, and the next evidence is taken (the source says so).
     The clock is the highest of: the measured one (`measured_clock_ghz`), the stated one (/proc/cpuinfo; under a
     hypervisor the nominal clock, not the turbo one) and the one a measured fp32 GEMM implies (rate / (cores x fp32
-    FLOP per cycle): the cores ran at least that fast). Each can only be too low, so the highest is the best bound."""
+    FLOP per cycle): the cores ran at least that fast). Each can only be too low, so the highest is the best bound.
+    `gemm_gflops` is kept beside the peak (`gemm_gflops`): the rate a real fp32 kernel reached here."""
     facts = cpu_facts(cpuinfo)
-    fp_isa, fp_cycle, fp_why = _best(FP32_PER_CYCLE, facts["flags"])
-    i8_isa, i8_cycle, i8_why = _best(INT8_MACS_PER_CYCLE, facts["flags"])
+    fp_isa, fp_isa_cycle, fp_isa_why = _best(FP32_PER_CYCLE, facts["flags"])
+    i8_isa, i8_isa_cycle, i8_isa_why = _best(INT8_MACS_PER_CYCLE, facts["flags"])
+    known = max(clock_ghz or 0.0, (facts["mhz"] or 0.0) / 1000)
+    row, why = microarchitecture(facts)
+    if row is not None and gemm_gflops and known > 0 and gemm_gflops > 1.02 * cores * row[4] * known:
+        beaten = (f"{why} dropped: the fp32 GEMM reached {gemm_gflops:.0f} GFLOP/s, more than its "
+                  f"{cores * row[4] * known:.0f} at {known:.2f} GHz")
+        row = None
+        why = beaten
+    if row is not None:
+        name, fp_cycle, i8_cycle, how = row[3], row[4], row[5], row[6]
+        fp = {"isa": name, "flop_per_cycle_core": fp_cycle, "how": how, "source": why}
+        i8 = {"isa": name, "macs_per_cycle_core": i8_cycle, "how": how, "source": why}
+    else:
+        fp_cycle, i8_cycle = fp_isa_cycle, i8_isa_cycle
+        src = f"{why}; widest instructions' best case"
+        fp = {"isa": fp_isa, "flop_per_cycle_core": fp_cycle, "how": fp_isa_why, "source": src}
+        i8 = {"isa": i8_isa, "macs_per_cycle_core": i8_cycle, "how": i8_isa_why, "source": src}
     clocks = {"measured (multiply chain)": clock_ghz or 0.0, "/proc/cpuinfo cpu MHz": (facts["mhz"] or 0.0) / 1000,
               "implied by the fp32 GEMM": (gemm_gflops or 0.0) / (cores * fp_cycle)}
     source, ghz = max(clocks.items(), key=lambda kv: kv[1])
     if ghz <= 0:
         raise ValueError("no clock: none measured, /proc/cpuinfo states no 'cpu MHz' and no GEMM rate was given")
-    return {"cpu": facts["model"], "cores": cores, "clock_ghz": round(ghz, 3), "clock_source": source,
-            "clocks_ghz": {k: round(v, 3) for k, v in clocks.items()}, "gemm_gflops": gemm_gflops,
-            "fp32": {"isa": fp_isa, "flop_per_cycle_core": fp_cycle, "how": fp_why,
-                     "gflops": cores * fp_cycle * ghz},
-            "int8": {"isa": i8_isa, "macs_per_cycle_core": i8_cycle, "how": i8_why,
-                     "gops": cores * 2 * i8_cycle * ghz}}
+    fp["gflops"] = cores * fp_cycle * ghz
+    i8["gops"] = cores * 2 * i8_cycle * ghz
+    return {"cpu": facts["model"], "vendor": facts["vendor"], "family": facts["family"],
+            "model_number": facts["model_number"], "hypervisor": facts["hypervisor"], "cores": cores,
+            "clock_ghz": round(ghz, 3), "clock_source": source, "clocks_ghz": {k: round(v, 3) for k, v in clocks.items()},
+            "gemm_gflops": gemm_gflops, "fp32": fp, "int8": i8}
+
+
+def peak_label(peak: dict, kind: str = "fp32") -> str:
+    """One line naming a peak and its source, for a table row: '151 GFLOP/s fp32 peak (AMD Zen 2: 2 cores x 32
+    FLOP/cycle x 2.36 GHz, flags of an AMD core ...)'."""
+    p = peak[kind]
+    rate = f"{p['gflops']:.0f} GFLOP/s fp32" if kind == "fp32" else f"{p['gops']:.0f} GOP/s int8"
+    per = f"{p['flop_per_cycle_core']} FLOP" if kind == "fp32" else f"{p['macs_per_cycle_core']} MAC"
+    return (f"{rate} peak: {peak['cores']} cores x {per}/cycle x {peak['clock_ghz']:.2f} GHz, {p['isa']} "
+            f"({p['source']})")
 
 
 # x86-64 System V function f(n): n iterations of 8 dependent `imul rax, rax` (3 cycles latency each on every

@@ -4,7 +4,8 @@
 On one NVIDIA GPU, from a clean checkout:
 1. models: the demo model (--model DIR, or trained here with asset/configs/demo.yaml on the synthetic set unless
    --no-demo), and MobileNetV2-Unet / -PAN (--archs) at SIZE x SIZE (default 512), 3 channels, random encoder
-   weights fitted for a few steps on small images (no download) so that decisions are meaningful;
+   weights (no download) trained by `asset train` for a few epochs on small images so that decisions are
+   meaningful (scripts/bench_models.py);
 2. exports, each verified by `asset export` itself (parity gate on): onnx, onnx-int8, TensorRT fp32 / fp16 / int8;
    a refused export is a row with its reason, not a crash;
 3. speed at batch 1 and 8 on random input of the model's size: PyTorch eager fp32 / fp16 on the same GPU, native
@@ -76,20 +77,20 @@ def demo_model(out: Path) -> Path:
                     str(out / "model"), "--overwrite").strip().splitlines()[-1])
 
 
-def arch_models(root: Path, archs: list[str], size: int, fit_steps: int) -> dict[str, Path]:
-    """MobileNetV2-<arch> model directories at size x size (3 channels), fitted for a few steps on 128 x 128
-    images with defects of the same pixel size (scripts/bench_inference.py's data), verified at full size."""
-    from scripts.bench_inference import make_dataset
-    from tests.asset.backend_helpers import make_model_dir
+def arch_models(root: Path, archs: list[str], size: int, epochs: int) -> tuple[dict[str, Path], Path]:
+    """(MobileNetV2-<arch> model directories, the dataset at size x size to export them with): each trained by
+    `asset train` for `epochs` on 128 x 128 images whose square defects cover the same share of the image
+    (scripts/bench_models.py), then exported and verified at full size on the size x size dataset (3 channels)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_models import make_dataset, train_model
 
-    data = make_dataset(root / "data", size)
-    fit = make_dataset(root / "fit", 128)
-    return {f"MobileNetV2-{TITLES.get(a, a)}": make_model_dir(root / a, data, a, "mobilenet_v2", channels=3,
-                                                              train_steps=fit_steps, train_dataset=fit)
-            for a in archs}
+    data = make_dataset(root / "data", size, n_train=48)
+    fit = make_dataset(root / "fit", 128, defect=max(2, 32 * 128 // size), n_train=24)
+    return {f"MobileNetV2-{TITLES.get(a, a)}": train_model(root / a, fit, a, "mobilenet_v2", epochs=epochs, log=log)
+            for a in archs}, data
 
 
-def export_all(model: Path) -> list[dict]:
+def export_all(model: Path, data: Path | None = None) -> list[dict]:
     from asset.export import ExportError, export_model
 
     rows = []
@@ -100,7 +101,8 @@ def export_all(model: Path) -> list[dict]:
         if fmt == "onnx-int8":
             options["calib_images"] = 16
         try:
-            entry = export_model(model, fmt, device="cuda", log=lambda m, w=what: log(f"  {w}: {m}"), **options)
+            entry = export_model(model, fmt, data=data, device="cuda", log=lambda m, w=what: log(f"  {w}: {m}"),
+                                 **options)
             v = entry.get("verification", {})
             rows.append({"export": what, "status": "ok", "seconds": round(time.perf_counter() - t, 1),
                          "max_abs_diff": v.get("max_abs_diff"), "decisions_equal": v.get("decisions_equal"),
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", default="unet,pan", help="MobileNetV2 architectures (default unet,pan; + linknet)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--fit-steps", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20, help="`asset train` epochs of the MobileNetV2 models (128x128)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--out", type=Path, default=REPO / "out" / "gpu-check")
@@ -269,14 +271,15 @@ def main(argv: list[str] | None = None) -> int:
         log("== demo model: training on the synthetic set (asset/configs/demo.yaml)")
         models["demo"] = ("demo", demo_model(work / "demo"))
     archs = [a for a in args.archs.split(",") if a]
-    log(f"== MobileNetV2 {', '.join(archs)} at {args.size}x{args.size}: fitting {args.fit_steps} steps")
-    for title, path in arch_models(work, archs, args.size, args.fit_steps).items():
+    log(f"== MobileNetV2 {', '.join(archs)} at {args.size}x{args.size}: asset train, {args.epochs} epochs")
+    trained, data = arch_models(work, archs, args.size, args.epochs)
+    for title, path in trained.items():
         models[title] = (path.name, path)
     doc = {"gpu": gpu_name(), "size": args.size, "batches": batches, "versions": versions(), "models": {}}
     text = write_results(doc, args.out)
     for title, (arch, path) in models.items():
         log(f"== {title}: exports")
-        exports = export_all(path)
+        exports = export_all(path, None if arch == "demo" else data)
         speed = []
         for name, precision in TARGETS:
             log(f"== {title}: timing {name} {precision}")

@@ -41,8 +41,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, process=None, timeout: float = 120.0) -> None:
-    """Poll GET /readyz until 200; exit with a clear message if `process` dies or time runs out."""
+def wait_ready(url: str, process=None, timeout: float = 120.0, log_file=None) -> None:
+    """Poll GET /readyz until 200; exit with a clear message if `process` dies or time runs out. `log_file`: where the
+    server's output goes; its last lines (the server's own error) are part of the message."""
+    def said() -> str:
+        if log_file is None:
+            return ""
+        try:
+            lines = open(log_file, errors="replace").read().strip().splitlines()
+        except OSError:
+            return ""
+        return ("; the server said:\n" + "\n".join(lines[-20:])) if lines else "; the server printed nothing"
+
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -51,9 +61,9 @@ def wait_ready(url: str, process=None, timeout: float = 120.0) -> None:
         except httpx.HTTPError:
             pass
         if process is not None and process.poll() is not None:
-            sys.exit(f"error: the server exited (code {process.returncode}) before it was ready")
+            sys.exit(f"error: the server exited (code {process.returncode}) before it was ready{said()}")
         time.sleep(0.2)
-    sys.exit(f"error: the server at {url} was not ready after {timeout:.0f} s")
+    sys.exit(f"error: the server at {url} was not ready after {timeout:.0f} s{said()}")
 
 
 async def run_level(url: str, payload: bytes, concurrency: int, duration: float, max_requests: int,

@@ -11,8 +11,11 @@ Formats (this machine):
 
 Every export is verified against PyTorch on validation images of the dataset the model was trained on (model.json
 dataset.path, or --data): fp32 formats need max |logit diff| <= atol x max(1, |logit|) and identical image
-decisions; int8/fp16 need accuracy and pixel IoU to drop by <= --max-accuracy-drop. A failing export is not
-written. Files go to MODEL_DIR/exports/ and are recorded in model.json "exports" (and SHA256SUMS).
+decisions; int8/fp16 are judged on a check set of validation images, plus training images when validation holds
+fewer than 20 defective ones (never test images; what was used is recorded as verification.check_set): accuracy
+and pixel IoU may drop by <= --max-accuracy-drop (0.02), the AP of the image score by <= --max-ap-drop (0.01), and
+no defective image PyTorch finds may be missed (--max-lost-defects 0). A failing export is not written. Files go
+to MODEL_DIR/exports/ and are recorded in model.json "exports" (and SHA256SUMS).
 
 tensorrt needs no torch: the engine is built from the model directory's ONNX export (make that first, where torch
 is installed), on the machine that will run it (a Jetson: inside the jetson image), and verified against the ONNX
@@ -28,7 +31,7 @@ Examples:
 
 # the format options this command has flags for (a format takes those its FORMATS row lists)
 OPTIONS = ("precision", "opset", "simplify", "dynamic", "atol", "verify_images", "calib_images", "per_channel",
-           "max_accuracy_drop", "workspace", "max_batch")
+           "max_accuracy_drop", "max_ap_drop", "max_lost_defects", "workspace", "max_batch")
 
 
 def register(sub) -> None:
@@ -62,6 +65,11 @@ def register(sub) -> None:
                    help="onnx-int8: per-channel weight scales (default on)")
     p.add_argument("--max-accuracy-drop", type=float, help="onnx-int8 / tensorrt fp16,int8: largest accepted drop of "
                    "accuracy and pixel IoU (default 0.02)")
+    p.add_argument("--max-ap-drop", type=float, help="onnx-int8 / tensorrt fp16,int8: largest accepted drop of the AP "
+                   "of the image score on the check set (default 0.01)")
+    p.add_argument("--max-lost-defects", type=int, help="onnx-int8 / tensorrt fp16,int8: defective check images the "
+                   "reference finds that the export may miss (default 0: a quantised model that loses a found defect "
+                   "is refused)")
     p.add_argument("--workspace", type=float, help="tensorrt: builder workspace in GiB (default 4)")
     p.add_argument("--max-batch", type=int, help="tensorrt: largest batch of the optimisation profile (default 16)")
     p.add_argument("--device", default=None, help="GPU formats (tensorrt): cuda or cuda:N (default cuda)")
@@ -81,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     for k in ("verify_images", "calib_images", "max_batch"):
         if given[k] is not None and given[k] < 1:
             raise ExportError(f"--{k.replace('_', '-')} must be >= 1")
+    for k in ("max_ap_drop", "max_lost_defects", "max_accuracy_drop"):
+        if given[k] is not None and given[k] < 0:
+            raise ExportError(f"--{k.replace('_', '-')} must be >= 0")
     entry = export_model(args.model, args.format, data=args.data, device=args.device,
                          **{k: v for k, v in given.items() if v is not None})
     print(json.dumps({"file": str(Path(args.model) / entry["file"]), "verification": entry["verification"]}))

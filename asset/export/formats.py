@@ -63,16 +63,17 @@ class ExportFormat:
 
 
 COMMON = frozenset({"opset", "simplify", "dynamic", "atol", "verify_images"})
+GATE = frozenset({"max_ap_drop", "max_lost_defects"})  # the reduced-precision gate's rules (asset/export/verify.py)
 FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", "ONNX", "asset.export.onnx", ("torch", "onnx", "onnxruntime"), False, COMMON),
     "onnx-int8": ExportFormat("onnx-int8", "ONNX INT8 (QDQ, static)", "asset.export.onnx_int8",
                               ("torch", "onnx", "onnxruntime"), False,
-                              COMMON | {"calib_images", "per_channel", "max_accuracy_drop"}),
+                              COMMON | GATE | {"calib_images", "per_channel", "max_accuracy_drop"}),
     "openvino": ExportFormat("openvino", "OpenVINO IR", "asset.export.openvino", ("torch", "onnx", "openvino"),
                              False, COMMON),
     "tensorrt": ExportFormat("tensorrt", "TensorRT engine", "asset.export.tensorrt",
                              ("onnxruntime", "tensorrt", "cuda.bindings"), True,  # from the ONNX export, no torch
-                             COMMON | {"calib_images", "workspace", "max_batch", "max_accuracy_drop"},
+                             COMMON | GATE | {"calib_images", "workspace", "max_batch", "max_accuracy_drop"},
                              "batch,H,W (profile)"),
 }
 

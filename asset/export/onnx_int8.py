@@ -20,7 +20,7 @@ from asset.export import common
 from asset.export import onnx as onnx_export
 from asset.export.common import INPUT_NAME, OUTPUT_NAME, Context
 from asset.export.formats import ExportError
-from asset.export.verify import compare
+from asset.export.verify import check_set, compare, gate_options
 
 FORMAT = "onnx-int8"
 # name -> (activation type, ActivationSymmetric, QuantizeBias); weights are always signed, symmetric, per channel
@@ -40,14 +40,20 @@ def export(model_dir: Path, *, precision: str, data, device: str, log, options: 
         tmp = ctx.stage("model-int8.onnx")
         facts = quantize(ctx, src, tmp, int(opts["calib_images"]), bool(opts["per_channel"]))
         int8 = common.ort_infer(tmp)
-        figures = compare(int8, ctx.torch_infer, ctx.algorithm, ctx.inputs, exact=False, atol=opts["atol"],
-                          max_drop=opts["max_accuracy_drop"], what=FORMAT, reference_name=common.PYTORCH, log=log)
+        # judged on enough defective images (verify.check_set: val, plus train when val has too few), by AP and
+        # found defects as well as accuracy (verify.compare, module doc)
+        inputs, check = check_set(ctx.card, ctx.data, int(opts["verify_images"]), log=log)
+        figures = compare(int8, ctx.torch_infer, ctx.algorithm, inputs, exact=False, atol=opts["atol"],
+                          max_drop=opts["max_accuracy_drop"], what=FORMAT, reference_name=common.PYTORCH, log=log,
+                          check=check, **gate_options(options))
         fp32_ms, int8_ms = common.time_ms(common.ort_infer(src), ctx.sample), common.time_ms(int8, ctx.sample)
         facts["speed"] = {"shape": list(ctx.sample.shape), "fp32_ms": round(fp32_ms, 3),
                           "int8_ms": round(int8_ms, 3), "speedup": round(fp32_ms / int8_ms, 3)}
+        ap = figures.get("ap_change")
         log(f"onnx-int8: {fp32_ms:.2f} ms fp32 -> {int8_ms:.2f} ms int8 ({fp32_ms / int8_ms:.2f}x) at batch 1 "
             f"{ctx.sample.shape[2]}x{ctx.sample.shape[3]}; accuracy change {figures['accuracy_change']:+.4f}, "
-            f"pixel IoU change {figures['pixel_iou_change']:+.4f}")
+            f"pixel IoU change {figures['pixel_iou_change']:+.4f}, AP change "
+            f"{'n/a' if ap is None else f'{ap:+.4f}'} on {figures['inputs']}")
         facts.update({"opset": opts["opset"], "input": {"name": INPUT_NAME}, "output": {"name": OUTPUT_NAME}})
         return ctx.install_and_record(FORMAT, tmp, facts=facts, figures=figures,
                                       versions=common.versions("torch", "onnx", "onnxruntime"))
