@@ -49,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--slurm-script", type=Path, metavar="FILE", help="where --slurm writes (default SWEEP_DIR/sweep.sbatch)")
     p.add_argument("--slurm-time", default="24:00:00", help="time limit per task (default 24:00:00)")
     p.add_argument("--slurm-gres", default="gpu:1", help="generic resources per task (default gpu:1; '' for none)")
+    p.add_argument("--slurm-cpus", type=int, default=8, metavar="N", help="CPUs per task (default 8)")
     p.set_defaults(func=run)
 
 
@@ -90,7 +91,7 @@ def _slurm(args) -> int:
     script = args.slurm_script or args.out / "sweep.sbatch"
     try:
         text = slurm_script(args.slurm, sweep_args, args.out.resolve(), script, args.slurm_time,
-                            gres=args.slurm_gres or None)
+                            cpus=args.slurm_cpus, gres=args.slurm_gres or None)
     except ValueError as exc:
         raise SweepError(str(exc)) from None
     print(write_slurm_script(script, text))

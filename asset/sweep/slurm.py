@@ -32,6 +32,8 @@ def slurm_script(tasks: int, sweep_args: list[str], out: Path, script: Path, tim
                  cpus: int = 8, gres: str | None = "gpu:1") -> str:
     if tasks < 1:
         raise ValueError("--slurm needs at least 1 task")
+    if cpus < 1:
+        raise ValueError("--slurm-cpus needs at least 1 CPU")
     return TEMPLATE.format(tasks=tasks, last=tasks - 1, out=shlex.quote(str(out)), script=shlex.quote(str(script)),
                            cpus=cpus, time=time, gres=f"#SBATCH --gres={gres}\n" if gres else "",
                            args=" ".join(shlex.quote(a) for a in sweep_args))
