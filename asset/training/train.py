@@ -38,7 +38,17 @@ class TrainError(RuntimeError):
     """A run that cannot start or resume; says why and what to do."""
 
 
+def global_rank() -> int:
+    """This process's rank when a launcher started several (torchrun: RANK, srun: SLURM_PROCID), else 0.
+    Only rank 0 writes into the model directory; the others train and leave."""
+    import os
+
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
 def _say(out_dir: Path, msg: str) -> None:
+    if global_rank() != 0:
+        return
     print(msg, file=sys.stderr, flush=True)
     try:
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -123,13 +133,13 @@ def calibrate(records_by_split: dict, min_defects: int, margin: str = "linear", 
             "warning": warning}
 
 
-def prepare(cfg: dict, out_dir: Path, resume: bool = False) -> dict:
+def prepare(cfg: dict, out_dir: Path, resume: bool = False, check_out: bool = True) -> dict:
     """Every check that can fail before training: config, dataset, model combination, weights, output dir.
     Returns the objects train() needs."""
     validate_config(cfg)
     check_training_keys(cfg)
     out_dir = Path(out_dir)
-    if not resume:
+    if not resume and check_out:
         if (out_dir / modeldir.CARD).exists() or (out_dir / "checkpoints").exists():
             raise TrainError(f"{out_dir}: already holds a model or a run; use --resume {out_dir} to continue it, "
                              "--overwrite to replace it, or another --out")
@@ -178,7 +188,8 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False) -> dict:
 def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Train (or resume) into out_dir; returns the model card."""
     out_dir = Path(out_dir)
-    if overwrite and not resume and out_dir.exists():
+    rank = global_rank()
+    if overwrite and not resume and out_dir.exists() and rank == 0:
         import shutil
 
         shutil.rmtree(out_dir)
@@ -200,9 +211,11 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     import lightning as L
 
     L.seed_everything(cfg["seed"], workers=True, verbose=False)  # before the network's random init
-    parts = prepare(cfg, out_dir, resume=resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    # other ranks with --overwrite: rank 0 may not have removed the old run yet
+    parts = prepare(cfg, out_dir, resume=resume, check_out=rank == 0 or not overwrite)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and rank == 0:
         modeldir.write_text_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(cfg, sort_keys=False))
 
     from lightning.pytorch.callbacks import ModelCheckpoint
