@@ -86,6 +86,10 @@ image-x86-cuda image-x86-cpu image-jetson image-rpi4: image-%: ## build one plat
 test-containers: setup ## build and run the real images (starts a private Docker engine as root when none is reachable)
 	$(BIN)/python -m pytest -m containers tests/containers --timeout 3600 $(ARGS)
 
+.PHONY: test-scaleout
+test-scaleout: setup ## SLURM (a private slurmctld + slurmd + munged; apt-installs slurm-wlm, munge as root) and torchrun DDP tests
+	$(BIN)/python -m pytest -m scaleout tests/scaleout --timeout 1800 $(ARGS)
+
 # A datatool runs in its container when an engine answers, with the host's Python otherwise (or NATIVE=1).
 DATATOOL_IMAGE = $(REGISTRY)/datatool-$*:$(TAG)
 define run_datatool
