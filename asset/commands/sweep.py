@@ -20,9 +20,11 @@ A model with result.json is never trained again (--retry-failed retries the fail
 from model/checkpoints/last.ckpt. --shard i/n (0 <= i < n) takes grid entries k with k mod n == i, so n processes
 or machines can share one sweep directory. Invalid combinations are listed as skipped with the reason.
 
-Cluster: --slurm N --slurm-script FILE writes a SLURM job-array script (task i runs --shard i/N); test it with
-SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_COUNT=N bash FILE --dry-run. One large model on several nodes: asset train
---accelerator gpu --devices 4 --num-nodes 2 --strategy ddp under srun (Lightning's SLURM environment).
+Cluster: --slurm N --slurm-script FILE writes a SLURM job-array script (task i runs --shard i/N; --slurm-cpus,
+--slurm-gres, --slurm-time size each task); submit it with sbatch, and again after a cancelled or failed task: done
+models are skipped, interrupted ones resume. Dry run of one task: SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_COUNT=N bash
+FILE --dry-run. One large model on several nodes: asset train --devices 4 --num-nodes 2 --strategy ddp under srun
+(sbatch --ntasks-per-node=4) or torchrun; see docs/scaling-out.md.
 """
 
 
