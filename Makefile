@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-REQS   := datatools/requirements.txt asset/requirements.txt asset/requirements-runtime.txt requirements-dev.txt
+REQS   := datatools/requirements.txt asset/requirements.txt asset/requirements-runtime.txt requirements-dev.txt \
+          requirements-docs.txt
 PROJECTS := datatools/pyproject.toml $(wildcard asset/pyproject.toml)
 
 RAW  ?=
@@ -15,14 +16,15 @@ DEMO ?= out/demo
 ARGS ?=
 
 .PHONY: help setup test demo bench bench-smoke lint serve clean \
-        datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2 datatool-synthetic
+        datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2 datatool-synthetic datatool-folder
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_ -]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): $(REQS) $(PROJECTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r datatools/requirements.txt -r asset/requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r datatools/requirements.txt -r asset/requirements.txt -r requirements-dev.txt \
+	    -r requirements-docs.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e ./datatools $(if $(wildcard asset/pyproject.toml),-e ./asset)
 	@touch $(STAMP)
 
@@ -61,7 +63,7 @@ BASE      ?=
 WHEELS    ?=
 NATIVE    ?=
 NETWORK   ?=
-DATASETS  := dagm kolektorsdd kolektorsdd2 synthetic
+DATASETS  := dagm kolektorsdd kolektorsdd2 synthetic folder
 PLATFORMS := x86-cuda x86-cpu jetson rpi4
 BUILD      = DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(NETWORK),--network $(NETWORK)) \
              $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(WHEELS),--build-arg WHEELS=$(WHEELS))
@@ -74,7 +76,7 @@ ARCH_rpi4     := linux/arm64
 
 images: $(addprefix image-datatool-,$(DATASETS)) image-asset $(addprefix image-,$(PLATFORMS)) ## build every image (BASE=..., WHEELS=... for offline builds, TAG=dev)
 
-image-datatool-dagm image-datatool-kolektorsdd image-datatool-kolektorsdd2 image-datatool-synthetic: image-datatool-%: ## build one datatool image, e.g. make image-datatool-dagm
+image-datatool-dagm image-datatool-kolektorsdd image-datatool-kolektorsdd2 image-datatool-synthetic image-datatool-folder: image-datatool-%: ## build one datatool image, e.g. make image-datatool-dagm
 	$(BUILD) --build-arg DATASET=$* -t $(REGISTRY)/datatool-$*:$(TAG) datatools
 
 image-asset: ## build the full asset image (train, export, serve; torch included)
@@ -110,6 +112,11 @@ datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2: datatool-%: ## convert
 	@test -d "$(RAW)" || { echo "error: RAW=$(RAW) is not a folder" >&2; exit 2; }
 	$(call run_datatool,:ro)
 
+datatool-folder: datatool-%: ## your own images (RAW/good/, RAW/defective/, masks optional): make datatool-folder RAW=/path/to/parts [OUT=data] [ARGS="--masks masks --mask-suffix _mask"]
+	@test -n "$(RAW)" || { echo "error: set RAW=/path/to/your/images (holding good/ and defective/)" >&2; exit 2; }
+	@test -d "$(RAW)" || { echo "error: RAW=$(RAW) is not a folder" >&2; exit 2; }
+	$(call run_datatool,:ro)
+
 datatool-synthetic: datatool-%: ## generate and convert the synthetic DAGM-like set: make datatool-synthetic [RAW=keep/raw/here] [OUT=data]
 	$(if $(RAW),@mkdir -p "$(RAW)")
 	$(call run_datatool,)
@@ -130,3 +137,12 @@ sweep-demo: setup ## a small real sweep (6 mobile-encoder models on the syntheti
 train-dagm train-kolektorsdd train-kolektorsdd2: train-%: setup ## train the dataset's recipe (asset/configs/DATASET.yaml, 25 min on 2 CPU cores): make train-kolektorsdd DATA=data/kolektorsdd/latest [TRAIN_OUT=models/kolektorsdd] [ARGS="--set trainer.max_time=null"]
 	@test -n "$(DATA)" || { echo "error: set DATA=ROOT/NAME/VERSION (a dataset made by datatool convert)" >&2; exit 2; }
 	HF_HUB_OFFLINE=1 $(BIN)/asset train --config asset/configs/$*.yaml --data "$(DATA)" --out "$(or $(TRAIN_OUT),models/$*)" $(ARGS)
+
+.PHONY: docs docs-serve
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+docs: setup ## build the documentation site (docs/, MkDocs + Material) into out/site, --strict, offline
+	$(DOCS_ENV) $(BIN)/python -m mkdocs build --strict --clean --site-dir out/site
+	@echo "site: out/site/index.html"
+
+docs-serve: setup ## serve the documentation site at http://127.0.0.1:8001, rebuilt on every change in docs/
+	$(DOCS_ENV) $(BIN)/python -m mkdocs serve --dev-addr 127.0.0.1:8001

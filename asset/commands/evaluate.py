@@ -12,7 +12,11 @@ export), onnxruntime:int8 (onnx-int8), openvino, openvino:int8, tensorrt:fp16 / 
 IoU columns for a backend equal this command's accuracy and pixel_iou on the same split. An export the model
 directory lacks is an error that names the `asset export` command making it.
 
+Without --data, the dataset recorded in the model card (model.json "dataset" "path") is used when it is still there;
+--data points at a copy elsewhere or at another dataset (cross-dataset evaluation).
+
 Examples:
+  asset evaluate --model models/m --split test
   asset evaluate --model models/m --data data/synthetic/latest --split test
   asset evaluate --model models/m --backend onnxruntime:int8 --data data/synthetic/latest --split test
   asset evaluate --model models/m --backend tensorrt:fp16 --device cuda --data data/dagm/latest
@@ -35,7 +39,9 @@ def register(sub) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR", help="a directory made by `asset train`")
-    p.add_argument("--data", required=True, metavar="DATASET_DIR", help="dataset version directory")
+    p.add_argument("--data", metavar="DATASET_DIR",
+                   help="dataset version directory (default: the one the model was trained on, model.json "
+                   "dataset.path, when it is still there)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default test)")
     p.add_argument("--backend", default="pytorch", metavar="NAME[:PRECISION]",
                    help="what runs the model (default pytorch); see below")

@@ -62,8 +62,8 @@ def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for name in ("asset", "datatools", "torch", "torchvision", "segmentation-models-pytorch", "timm", "lightning",
-                 "torchmetrics", "numpy", "opencv-python-headless", "pillow", "pycocotools"):
+    for name in ("defect-asset", "defect-datatools", "torch", "torchvision", "segmentation-models-pytorch", "timm",
+                 "lightning", "torchmetrics", "numpy", "opencv-python-headless", "pillow", "pycocotools"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
