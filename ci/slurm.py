@@ -171,7 +171,7 @@ class Cluster:
                 env.pop(key)
         return env
 
-    def start(self, cpus: int = 2, timeout: float = 60.0) -> None:
+    def start(self, cpus: int = 2, timeout: float = 180.0) -> None:
         install_packages()
         user = pwd.getpwuid(os.geteuid()).pw_name
         self.state.mkdir(parents=True, exist_ok=True)
