@@ -59,8 +59,8 @@ def fold_of_groups(samples: list[dict], folds: int, seed: int = 0) -> dict[str, 
     if defective_groups < folds:
         raise CVError(f"{defective_groups} object(s) with a defect for {folds} folds: every fold needs one; "
                       "use fewer --folds")
-    if len(groups) - defective_groups < 1:
-        raise CVError("no object without defects: AP and false alarms need OK parts")
+    if all(s["defective"] for s in samples):
+        raise CVError("no OK image: AP and false alarms need OK parts")
     return assign_folds(groups, folds, seed)
 
 
