@@ -4,7 +4,8 @@ Standard library only (CI runners have a bare python3). Settings come from the e
 
     SMTP_HOST       mail server (required)
     SMTP_PORT       default 587 for starttls, 465 for tls, 25 for none
-    SMTP_SECURITY   starttls (default) | tls (implicit TLS) | none
+    SMTP_SECURITY   starttls (default) | tls (implicit TLS) | none (plain text: no password sent,
+                    except to a loopback host, e.g. a local relay)
     SMTP_USER       log in as this user (optional; then SMTP_PASSWORD is required)
     SMTP_PASSWORD
     SMTP_CA_FILE    PEM bundle to trust instead of the system's (a relay with a private CA)
@@ -14,6 +15,8 @@ Standard library only (CI runners have a bare python3). Settings come from the e
     python3 ci/notify.py --job build-rpi4-arm64 --log out/ci/logs/build-rpi4-arm64.log
     python3 ci/notify.py --job unit --log unit.log --commit abc123 --branch main --url https://ci/run/7 --dry-run
 
+A variable set to an empty (or blank) value counts as unset: GitHub Actions passes a secret that is not
+defined as "", so `SMTP_SECURITY: ${{ secrets.SMTP_SECURITY }}` without that secret means the default.
 Commit, branch and run link default to what GitHub Actions or GitLab CI put in the environment.
 Exit status: 0 sent (or printed with --dry-run), 2 a setting or argument is missing or wrong,
 3 the server could not be reached or refused the mail. The caller decides what that means for the
@@ -23,6 +26,7 @@ pipeline: ci/pipeline.py keeps the pipeline's own status whatever this returns.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import smtplib
 import socket
@@ -73,41 +77,63 @@ class RunInfo:
     url: str
 
 
+def _get(env, name: str, default: str | None = None) -> str | None:
+    """The variable's value, stripped; `default` when it is unset, empty or blank (CI systems pass unset secrets
+    as empty strings)."""
+    value = (env.get(name) or "").strip()
+    return value or default
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1), where plain SMTP never leaves the machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def settings_from_env(env: dict[str, str] | os._Environ = os.environ) -> Settings:
     """Read and check every setting at once, so one message lists all that is missing."""
-    missing = [name for name in ("SMTP_HOST", "NOTIFY_FROM", "NOTIFY_TO") if not env.get(name, "").strip()]
-    user = env.get("SMTP_USER", "").strip() or None
-    if user and not env.get("SMTP_PASSWORD"):
+    missing = [name for name in ("SMTP_HOST", "NOTIFY_FROM", "NOTIFY_TO") if not _get(env, name)]
+    user = _get(env, "SMTP_USER")
+    password = env.get("SMTP_PASSWORD") or None  # not stripped: a password may hold spaces
+    if user and not password:
         missing.append("SMTP_PASSWORD (SMTP_USER is set)")
     if missing:
         raise NotifyError(f"missing mail setting(s): {', '.join(missing)} (see ci/notify.py --help)", EXIT_CONFIG)
-    security = env.get("SMTP_SECURITY", "starttls").strip().lower()
+    security = _get(env, "SMTP_SECURITY", "starttls").lower()
     if security not in DEFAULT_PORTS:
         raise NotifyError(f"SMTP_SECURITY={security!r}: use one of {', '.join(DEFAULT_PORTS)}", EXIT_CONFIG)
-    port_text = env.get("SMTP_PORT", "").strip() or str(DEFAULT_PORTS[security])
+    port_text = _get(env, "SMTP_PORT", str(DEFAULT_PORTS[security]))
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise NotifyError(f"SMTP_PORT={port_text!r} is not a port number", EXIT_CONFIG)
-    ca_file = env.get("SMTP_CA_FILE", "").strip() or None
+    host = _get(env, "SMTP_HOST")
+    if security == "none" and user and not is_loopback(host):
+        raise NotifyError(f"SMTP_SECURITY=none with SMTP_USER set would send the password to {host} in plain text: "
+                          "use starttls or tls (or a relay on this machine, SMTP_HOST=127.0.0.1)", EXIT_CONFIG)
+    ca_file = _get(env, "SMTP_CA_FILE")
     if ca_file and not Path(ca_file).is_file():
         raise NotifyError(f"SMTP_CA_FILE={ca_file}: no such file", EXIT_CONFIG)
-    recipients = [r.strip() for r in env["NOTIFY_TO"].split(",") if r.strip()]
+    recipients = [r.strip() for r in _get(env, "NOTIFY_TO").split(",") if r.strip()]
     if not recipients:
         raise NotifyError("NOTIFY_TO holds no address", EXIT_CONFIG)
-    return Settings(env["SMTP_HOST"].strip(), int(port_text), security, user, env.get("SMTP_PASSWORD"),
-                    ca_file, env["NOTIFY_FROM"].strip(), recipients)
+    return Settings(host, int(port_text), security, user, password if user else None,
+                    ca_file, _get(env, "NOTIFY_FROM"), recipients)
 
 
 def run_info_from_env(env: dict[str, str] | os._Environ = os.environ) -> RunInfo:
     """Commit, branch and run link as GitHub Actions or GitLab CI set them; 'unknown' elsewhere."""
-    if env.get("GITHUB_RUN_ID"):
-        url = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env.get('GITHUB_REPOSITORY', '')}" \
-              f"/actions/runs/{env['GITHUB_RUN_ID']}"
-        return RunInfo(env.get("GITHUB_SHA", "unknown"), env.get("GITHUB_REF_NAME", "unknown"), url)
-    if env.get("CI_PIPELINE_URL"):
-        return RunInfo(env.get("CI_COMMIT_SHA", "unknown"), env.get("CI_COMMIT_REF_NAME", "unknown"),
-                       env["CI_PIPELINE_URL"])
-    return RunInfo(env.get("PIPELINE_COMMIT", "unknown"), env.get("PIPELINE_BRANCH", "unknown"),
-                   env.get("PIPELINE_URL", "(run locally, no link)"))
+    if _get(env, "GITHUB_RUN_ID"):
+        url = f"{_get(env, 'GITHUB_SERVER_URL', 'https://github.com')}/{_get(env, 'GITHUB_REPOSITORY', '')}" \
+              f"/actions/runs/{_get(env, 'GITHUB_RUN_ID')}"
+        return RunInfo(_get(env, "GITHUB_SHA", "unknown"), _get(env, "GITHUB_REF_NAME", "unknown"), url)
+    if _get(env, "CI_PIPELINE_URL"):
+        return RunInfo(_get(env, "CI_COMMIT_SHA", "unknown"), _get(env, "CI_COMMIT_REF_NAME", "unknown"),
+                       _get(env, "CI_PIPELINE_URL"))
+    return RunInfo(_get(env, "PIPELINE_COMMIT", "unknown"), _get(env, "PIPELINE_BRANCH", "unknown"),
+                   _get(env, "PIPELINE_URL", "(run locally, no link)"))
 
 
 def log_tail(path: Path | None, lines: int) -> str:

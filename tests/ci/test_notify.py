@@ -170,3 +170,45 @@ def test_run_details_come_from_github_or_gitlab_environment(tmp_path):
                        CI_COMMIT_SHA="e" * 40, CI_COMMIT_REF_NAME="main")
     out = run_notify(gitlab, "--job", "lint", "--dry-run").stdout
     assert "Run: https://gl/p/9" in out and "Branch: main" in out and "e" * 40 in out
+
+
+def test_empty_values_count_as_unset(tmp_path, failing_log):
+    """GitHub Actions passes an undefined secret as "": SMTP_SECURITY="" is the default (STARTTLS), an empty
+    SMTP_USER / SMTP_PASSWORD means no login, and the mail is sent (was: SMTP_SECURITY='' refused, exit 2)."""
+    tls = make_tls(tmp_path)
+    inbox = Inbox()
+    server = start_server(inbox, tls_context=tls.server_context, require_starttls=True)
+    try:
+        env = mail_env(server.port, SMTP_SECURITY="", SMTP_USER="", SMTP_PASSWORD="", SMTP_CA_FILE=str(tls.ca_file),
+                       GITHUB_RUN_ID="77", GITHUB_SHA="", GITHUB_REF_NAME=" ", GITHUB_SERVER_URL="",
+                       GITHUB_REPOSITORY="o/r")
+        result = run_notify(env, "--job", "unit", "--log", str(failing_log))
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert inbox.logins == []
+    _, mail = received(inbox)
+    body = mail.get_content()
+    assert "Run: https://github.com/o/r/actions/runs/77" in body and "Commit: unknown" in body
+    assert "Branch: unknown" in body
+
+
+def test_a_password_is_never_sent_in_plain_text_beyond_loopback():
+    env = clean_env(SMTP_HOST="smtp.example.org", SMTP_PORT=str(free_port()), SMTP_SECURITY="none",
+                    SMTP_USER=USER, SMTP_PASSWORD=PASSWORD, NOTIFY_FROM="ci@example.org", NOTIFY_TO="a@example.org")
+    result = run_notify(env, "--job", "unit", *RUN)
+    assert result.returncode == 2
+    assert "SMTP_SECURITY=none with SMTP_USER set would send the password to smtp.example.org" in result.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # aiosmtpd's, for this very case
+def test_plain_login_to_a_loopback_relay_is_allowed(failing_log):
+    inbox = Inbox()
+    server = start_server(inbox, auth_required=True, auth_require_tls=False, authenticator=authenticator(inbox))
+    try:
+        result = run_notify(mail_env(server.port, SMTP_SECURITY="none", SMTP_USER=USER, SMTP_PASSWORD=PASSWORD),
+                            "--job", "unit", "--log", str(failing_log), *RUN)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert inbox.logins and received(inbox)
