@@ -86,7 +86,8 @@ def _alive(pid: int, name: str) -> bool:
                       if line.startswith("State:")), "")
     except (OSError, IndexError):
         return False
-    return Path(cmdline).name == name and state != "Z"
+    argv0 = Path(cmdline).name  # slurmstepd names itself "slurmstepd: [JOB.STEP]"
+    return (argv0 == name or argv0.startswith(f"{name}:")) and state != "Z"
 
 
 def _stop(pid: int, name: str, grace: float = 15.0) -> None:
@@ -99,6 +100,17 @@ def _stop(pid: int, name: str, grace: float = 15.0) -> None:
     if _alive(pid, name):
         log(f"{name} ({pid}) ignored SIGTERM; killing it")
         os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0 if _is_child(pid) else os.WNOHANG)  # reap it when this process started it
+    except ChildProcessError:
+        pass
+
+
+def _is_child(pid: int) -> bool:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _read_pid(path: Path) -> int | None:
@@ -270,18 +282,34 @@ class Cluster:
                 _stop(pid, name)
                 log(f"{name} stopped (pid {pid})")
             (self.state / f"{name}.spawned").unlink(missing_ok=True)
-        # slurmstepd processes of jobs still running are children of nobody we know by PID; they carry the
-        # job's SLURM_CONF in their environment: end those that point at this folder.
+        # Jobs still running (scancel did not end them in time): their slurmstepd carries this folder's SLURM_CONF
+        # in its environment; end each one's processes, then it.
+        parents: dict[int, int] = {}
+        steps = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
-                name = (proc / "comm").read_text().strip()
-                environ = (proc / "environ").read_bytes()
-            except OSError:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(proc.name)] = int(fields[1])
+                if (proc / "comm").read_text().strip().startswith("slurmstepd") and \
+                        f"SLURM_CONF={self.conf}".encode() in (proc / "environ").read_bytes():
+                    steps.append(int(proc.name))
+            except (OSError, IndexError, ValueError):
                 continue
-            if name.startswith("slurmstepd") and f"SLURM_CONF={self.conf}".encode() in environ:
-                _stop(int(proc.name), name, grace=5)
+        for step in steps:
+            tree, todo = [], [step]
+            while todo:
+                pid = todo.pop()
+                children = [c for c, p in parents.items() if p == pid]
+                tree += children
+                todo += children
+            for pid in reversed(tree):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            _stop(step, "slurmstepd", grace=5)
 
 
 def state_dir(arg: str | None) -> Path:
