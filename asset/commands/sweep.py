@@ -91,6 +91,7 @@ def _slurm(args) -> int:
     for o in args.overrides:
         sweep_args += ["--set", o]
     script = args.slurm_script or args.out / "sweep.sbatch"
+    args.out.mkdir(parents=True, exist_ok=True)  # where SLURM opens each task's output file (#SBATCH --output)
     try:
         text = slurm_script(args.slurm, sweep_args, args.out.resolve(), script, args.slurm_time,
                             cpus=args.slurm_cpus, gres=args.slurm_gres or None)
