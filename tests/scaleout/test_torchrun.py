@@ -88,10 +88,11 @@ def _close(a: float, b: float, tol: float) -> bool:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    data = make_dataset(root, n_train=18, n_test=4)
+    data = make_dataset(root, n_train=30, n_test=4)
     doc = json.loads((data / "dataset.json").read_text())
     n_train = sum(1 for s in doc["samples"] if s["split"] == "train")
-    assert n_train % 2 == 0, "an even training split: each rank takes half of every global batch"
+    n_val = sum(1 for s in doc["samples"] if s["split"] == "val")
+    assert n_train % 2 == 0 and n_val % 2 == 0, "even splits: each rank takes half of every batch, unpadded"
     single = root / "single"
     r = subprocess.run([*ASSET, *_train_args(data, single, n_train)], env=base_env(), capture_output=True,
                        text=True, timeout=900)
@@ -99,14 +100,16 @@ def runs(tmp_path_factory):
     ddp = root / "ddp"
     codes = _wait_all(_torchrun(data, ddp, n_train // 2), timeout=900)
     assert codes == [0, 0], _logs(ddp)
-    return {"root": root, "data": data, "n_train": n_train, "single": single, "ddp": ddp}
+    return {"root": root, "data": data, "n_train": n_train, "n_val": n_val, "single": single, "ddp": ddp}
 
 
 def test_two_torchrun_nodes_equal_one_process(runs):
     a, b = _card(runs["single"]), _card(runs["ddp"])
     assert a["training"]["global_steps"] == b["training"]["global_steps"] == EPOCHS  # one global batch per epoch
-    for key in ("accuracy", "pixel_iou"):
-        assert _close(a["metrics"]["val"][key], b["metrics"]["val"][key], 0.02), (key, a["metrics"], b["metrics"])
+    n_val = runs["n_val"]
+    assert _close(a["metrics"]["val"]["accuracy"], b["metrics"]["val"]["accuracy"], 1 / n_val + 1e-9), \
+        (a["metrics"], b["metrics"])  # at most one validation image decided differently
+    assert _close(a["metrics"]["val"]["pixel_iou"], b["metrics"]["val"]["pixel_iou"], 0.05), (a["metrics"], b["metrics"])
     ha, hb = a["training"]["val_history"], b["training"]["val_history"]
     assert [h["epoch"] for h in ha] == [h["epoch"] for h in hb] == list(range(EPOCHS))
     for x, y in zip(ha, hb):
@@ -117,12 +120,13 @@ def test_two_torchrun_nodes_equal_one_process(runs):
     wa = torch.load(runs["single"] / "weights.pt", weights_only=True)
     wb = torch.load(runs["ddp"] / "weights.pt", weights_only=True)
     assert wa.keys() == wb.keys()
-    rel = max(float((wa[k].float() - wb[k].float()).norm() / (wa[k].float().norm() + 1e-12))
-              for k in wa if wa[k].is_floating_point() and "running" not in k)
-    assert rel < 0.05, f"largest relative weight difference {rel:.4f}"
+    keys = [k for k in wa if wa[k].is_floating_point() and "running" not in k]
+    diff = torch.cat([(wa[k].float() - wb[k].float()).flatten() for k in keys]).norm()
+    rel = float(diff / torch.cat([wa[k].float().flatten() for k in keys]).norm())
+    assert rel < 0.05, f"relative weight difference {rel:.4f}"
     print(f"\nsingle vs 2-node DDP: val accuracy {a['metrics']['val']['accuracy']:.4f} / "
           f"{b['metrics']['val']['accuracy']:.4f}, pixel IoU {a['metrics']['val']['pixel_iou']:.4f} / "
-          f"{b['metrics']['val']['pixel_iou']:.4f}, largest relative weight difference {rel:.2e}")
+          f"{b['metrics']['val']['pixel_iou']:.4f}, relative weight difference {rel:.2e}")
 
 
 def test_only_rank_zero_wrote(runs):
