@@ -11,10 +11,11 @@ Formats (this machine):
 
 Every export is verified against PyTorch on validation images of the dataset the model was trained on (model.json
 dataset.path, or --data): fp32 formats need max |logit diff| <= atol x max(1, |logit|) and identical image
-decisions; int8/fp16 are judged on a check set of validation images, plus training images when validation holds
-fewer than 20 defective ones (never test images; what was used is recorded as verification.check_set): accuracy
-and pixel IoU may drop by <= --max-accuracy-drop (0.02), the AP of the image score by <= --max-ap-drop (0.01), and
-no defective image PyTorch finds may be missed (--max-lost-defects 0). A failing export is not written. Files go
+decisions; onnx-int8 is judged on a check set of validation images, plus training images when validation holds
+fewer than 20 defective ones (never test images; recorded as verification.check_set): accuracy and pixel IoU may
+drop by <= --max-accuracy-drop (0.02), the AP of the image score by <= --max-ap-drop (0.01), and no defective image
+PyTorch finds may be missed (--max-lost-defects 0); tensorrt fp16/int8 apply the same AP and lost-defect defaults
+on the validation images. A failing export is not written. Files go
 to MODEL_DIR/exports/ and are recorded in model.json "exports" (and SHA256SUMS).
 
 tensorrt needs no torch: the engine is built from the model directory's ONNX export (make that first, where torch
@@ -25,13 +26,14 @@ images (--data points at a copy of the dataset).
 Examples:
   asset export --model models/m --format onnx
   asset export --model models/m --format onnx-int8 --calib-images 64
+  asset export --model models/m --format onnx-int8 --scheme symmetric-uint8   (for TensorRT INT8 engines)
   asset export --model models/m --format openvino
   asset export --model models/m --format tensorrt --precision fp16     (on the machine with the NVIDIA GPU)
 """
 
 # the format options this command has flags for (a format takes those its FORMATS row lists)
 OPTIONS = ("precision", "opset", "simplify", "dynamic", "atol", "verify_images", "calib_images", "per_channel",
-           "max_accuracy_drop", "max_ap_drop", "max_lost_defects", "workspace", "max_batch")
+           "max_accuracy_drop", "max_ap_drop", "max_lost_defects", "scheme", "workspace", "max_batch")
 
 
 def register(sub) -> None:
@@ -63,11 +65,14 @@ def register(sub) -> None:
                    "(default 32)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                    help="onnx-int8: per-channel weight scales (default on)")
+    p.add_argument("--scheme", choices=("asymmetric", "symmetric-uint8", "symmetric"),
+                   help="onnx-int8: quantisation scheme per target: asymmetric (ONNX Runtime on the CPU, the fastest "
+                   "there; default), symmetric-uint8 (TensorRT INT8 engines are built from it)")
     p.add_argument("--max-accuracy-drop", type=float, help="onnx-int8 / tensorrt fp16,int8: largest accepted drop of "
                    "accuracy and pixel IoU (default 0.02)")
-    p.add_argument("--max-ap-drop", type=float, help="onnx-int8 / tensorrt fp16,int8: largest accepted drop of the AP "
+    p.add_argument("--max-ap-drop", type=float, help="onnx-int8: largest accepted drop of the AP "
                    "of the image score on the check set (default 0.01)")
-    p.add_argument("--max-lost-defects", type=int, help="onnx-int8 / tensorrt fp16,int8: defective check images the "
+    p.add_argument("--max-lost-defects", type=int, help="onnx-int8: defective check images the "
                    "reference finds that the export may miss (default 0: a quantised model that loses a found defect "
                    "is refused)")
     p.add_argument("--workspace", type=float, help="tensorrt: builder workspace in GiB (default 4)")

@@ -68,12 +68,12 @@ FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", "ONNX", "asset.export.onnx", ("torch", "onnx", "onnxruntime"), False, COMMON),
     "onnx-int8": ExportFormat("onnx-int8", "ONNX INT8 (QDQ, static)", "asset.export.onnx_int8",
                               ("torch", "onnx", "onnxruntime"), False,
-                              COMMON | GATE | {"calib_images", "per_channel", "max_accuracy_drop"}),
+                              COMMON | GATE | {"calib_images", "per_channel", "max_accuracy_drop", "scheme"}),
     "openvino": ExportFormat("openvino", "OpenVINO IR", "asset.export.openvino", ("torch", "onnx", "openvino"),
                              False, COMMON),
     "tensorrt": ExportFormat("tensorrt", "TensorRT engine", "asset.export.tensorrt",
                              ("onnxruntime", "tensorrt", "cuda.bindings"), True,  # from the ONNX export, no torch
-                             COMMON | GATE | {"calib_images", "workspace", "max_batch", "max_accuracy_drop"},
+                             COMMON | {"calib_images", "workspace", "max_batch", "max_accuracy_drop"},
                              "batch,H,W (profile)"),
 }
 

@@ -1,13 +1,22 @@
 """`asset export --format onnx-int8`: static INT8 quantisation of the fp32 ONNX model (QDQ), calibrated on training
-images, verified against PyTorch with the accuracy gate, timed against the fp32 model.
+images, verified against PyTorch with the accuracy gate (asset/export/verify.py), timed against the fp32 model.
 
-The scheme (SCHEMES) is recorded in model.json exports["onnx-int8"].quantisation, with whether TensorRT can build
-from it ("tensorrt"). TensorRT takes only signed INT8 Q/DQ with zero point 0 and float biases ("symmetric"), but
-signed symmetric activations ran 1.1-1.3x faster than fp32 under ONNX Runtime on an x86 CPU (AVX-512 VNNI), where
-the default "asymmetric" (uint8 activations, ONNX Runtime's U8S8 fast path) runs 1.8-4.5x faster, at the same
-accuracy (measured on the test model, biases int32 in both), so the default stays asymmetric. "symmetric-uint8"
-(zero point 128, int32 biases, which should keep the U8S8 path: not measured yet) would serve both from one
-calibration: `signed_for_tensorrt` turns it exactly into TensorRT's form.
+Schemes, one per target (SCHEMES; --scheme; recorded in model.json exports["onnx-int8"].quantisation with its
+target, what stayed FP32 and whether TensorRT can build from it):
+- "asymmetric" (the default; target ONNX Runtime on the CPU): uint8 activations with calibrated zero points, signed
+  per-channel weights, int32 biases. Its zero points let ONNX Runtime fold every ReLU / ReLU6 (Clip) into the
+  quantisation of the convolution before it. ConvTranspose stays FP32 (ORT_FP32_OPS): ONNX Runtime's CPU provider
+  has no INT8 kernel for it, so quantising it only adds a per-run dequantisation of its weights.
+- "symmetric-uint8" (target TensorRT; ONNX Runtime runs it too): zero point 128, exactly TensorRT's signed form after
+  `signed_for_tensorrt` (which the TensorRT INT8 build applies). Why it is not the CPU default, from ONNX Runtime's
+  profiler on MobileNetV2-Linknet (2-core AMD EPYC, AVX2; scripts/bench_int8_profile.py): a symmetric activation
+  range keeps the negative half, so no ReLU / Clip can be folded: 46 of them stay FP32 ops, each between a
+  DequantizeLinear and a QuantizeLinear (62 DQ + 52 Q nodes after ONNX Runtime's fusions, against 16 + 6 with
+  "asymmetric"); on Linknet those took about 40% of the INT8 run, and INT8 was slower than FP32 (0.92x in the
+  issue's run). On MobileNetV2-Unet, whose time is in its large convolutions, the same scheme still ran 1.85x.
+- "symmetric": signed activations, zero point 0, float biases: TensorRT's form as it is (slow on x86 CPUs).
+Whatever the scheme, the nodes after the last convolution on the way to the outputs stay FP32 (`fp32_tail`: e.g. a
+decision head's image logit, a second output channel), and the network output is never quantised by them.
 """
 
 from __future__ import annotations
@@ -29,7 +38,11 @@ SCHEMES = {
     "symmetric": ("int8", True, False),  # TensorRT's as it is (S8S8, float biases); slow on x86 CPUs
     "symmetric-uint8": ("uint8", True, True),  # U8S8 with zero point 128: TensorRT's after `signed_for_tensorrt`
 }
-SCHEME = "symmetric-uint8"  # what `asset export` writes: one calibration for ONNX Runtime (U8S8 fast path) and TensorRT
+SCHEME = "asymmetric"  # what `asset export` writes unless told: the fastest under ONNX Runtime on the CPU
+TARGETS = {"asymmetric": "onnxruntime-cpu", "symmetric-uint8": "tensorrt", "symmetric": "tensorrt"}
+# op types kept FP32 per scheme: ONNX Runtime's CPU provider runs ConvTranspose in FP32 whatever the Q/DQ around it
+# (no INT8 kernel); TensorRT has INT8 deconvolutions, so its schemes quantise it
+FP32_OPS = {"asymmetric": ("ConvTranspose",), "symmetric-uint8": (), "symmetric": ()}
 
 
 def export(model_dir: Path, *, precision: str, data, device: str, log, options: dict) -> dict:
@@ -38,7 +51,11 @@ def export(model_dir: Path, *, precision: str, data, device: str, log, options: 
     with ctx:
         src = onnx_export.source(ctx, opts)
         tmp = ctx.stage("model-int8.onnx")
-        facts = quantize(ctx, src, tmp, int(opts["calib_images"]), bool(opts["per_channel"]))
+        scheme = options.get("scheme") or SCHEME
+        if scheme not in SCHEMES:
+            raise ExportError(f"unknown INT8 scheme {scheme!r}; valid: {', '.join(SCHEMES)} (asymmetric: ONNX Runtime "
+                              "on the CPU, the default; symmetric-uint8: TensorRT)")
+        facts = quantize(ctx, src, tmp, int(opts["calib_images"]), bool(opts["per_channel"]), scheme)
         int8 = common.ort_infer(tmp)
         # judged on enough defective images (verify.check_set: val, plus train when val has too few), by AP and
         # found defects as well as accuracy (verify.compare, module doc)
@@ -57,6 +74,29 @@ def export(model_dir: Path, *, precision: str, data, device: str, log, options: 
         facts.update({"opset": opts["opset"], "input": {"name": INPUT_NAME}, "output": {"name": OUTPUT_NAME}})
         return ctx.install_and_record(FORMAT, tmp, facts=facts, figures=figures,
                                       versions=common.versions("torch", "onnx", "onnxruntime"))
+
+
+# Compute ops: walking back from a graph output, the FP32 tail (`fp32_tail`) stops at the first of these.
+SPATIAL_OPS = ("Conv", "ConvTranspose")
+TAIL_LIMIT = 16  # nodes at most in the FP32 tail (a graph without convolutions is not quantised whole-sale)
+
+
+def fp32_tail(model) -> list[str]:
+    """Names of the nodes after the last convolution(s) on the way to the graph outputs, which stay FP32: whatever
+    a model computes after its segmentation head (a decision head's image logit broadcast and concatenated as a
+    second output channel, a pooling, a Gemm) is tiny, and 8-bit steps there would shift the image decision. For an
+    output made by a convolution itself (the plain segmentation head) the tail is empty."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    tail, seen = [], set()
+    todo = [o.name for o in model.graph.output]
+    while todo and len(tail) < TAIL_LIMIT:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen or node.op_type in SPATIAL_OPS:
+            continue
+        seen.add(node.name)
+        tail.append(node.name)
+        todo += [i for i in node.input if i]
+    return tail
 
 
 def cpu_has_vnni() -> bool:
@@ -101,18 +141,26 @@ def quantize(ctx: Context, src: Path, dst: Path, calib_images: int, per_channel:
         def rewind(self):
             self._it = iter(batches)
 
+    import onnx
+
     pre = ctx.stage("preprocessed.onnx")
     try:
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # symbolic inference litters the cwd
-            model_in = pre
+            model = onnx.load(str(pre))
         except Exception as exc:  # noqa: BLE001 - pre-processing only helps: quantise the model as it is
             ctx.log(f"quant_pre_process failed ({exc}); quantising the model as exported")
-            model_in = src
+            model = onnx.load(str(src))
+        for i, node in enumerate(model.graph.node):  # exclusions go by node name
+            node.name = node.name or f"{node.op_type}_{i}"
+        onnx.save(model, str(pre))
+        fp32_ops = sorted(set(FP32_OPS[scheme]) & {n.op_type for n in model.graph.node})
+        tail = fp32_tail(model)
+        op_types = sorted({n.op_type for n in model.graph.node} - set(fp32_ops))
         reduce_range = not cpu_has_vnni()
         try:
-            quantize_static(str(model_in), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            reduce_range=reduce_range,
+            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            reduce_range=reduce_range, op_types_to_quantize=op_types, nodes_to_exclude=tail,
                             activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
@@ -124,7 +172,8 @@ def quantize(ctx: Context, src: Path, dst: Path, calib_images: int, per_channel:
         for extra in dst.parent.glob("augmented_model*.onnx"):
             extra.unlink(missing_ok=True)
     return {"quantisation": {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                             "scheme": scheme, "per_channel": per_channel, "activations": activations,
+                             "scheme": scheme, "target": TARGETS[scheme], "fp32_op_types": fp32_ops,
+                             "fp32_nodes": tail, "per_channel": per_channel, "activations": activations,
                              "weights": "int8", "activation_symmetric": symmetric, "weight_symmetric": True,
                              "zero_point": (0 if activations == "int8" else 128) if symmetric else "calibrated",
                              "biases": "int32" if quantize_bias else "float",
@@ -151,9 +200,9 @@ def signed_for_tensorrt(path: Path):
     asymmetric = sorted(name for name in uint8 if np.any(numpy_helper.to_array(inits[name]) != 128))
     if asymmetric:
         raise ExportError(f"{path}: {len(asymmetric)} uint8 zero points other than 128 (e.g. {asymmetric[0]}): an "
-                          "asymmetric INT8 model has no exact signed equivalent for TensorRT: it needs an onnx-int8 "
-                          "export of a symmetric scheme (asset/export/onnx_int8.py SCHEMES), or build --precision "
-                          "fp16")
+                          "asymmetric INT8 model (ONNX Runtime's CPU scheme) has no exact signed equivalent for "
+                          "TensorRT: re-export it for TensorRT with `asset export --format onnx-int8 --scheme "
+                          "symmetric-uint8` (asset/export/onnx_int8.py SCHEMES), or build --precision fp16")
     for name in uint8:
         zero = np.zeros(numpy_helper.to_array(inits[name]).shape, dtype=np.int8)
         inits[name].CopyFrom(numpy_helper.from_array(zero, name))

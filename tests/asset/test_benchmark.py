@@ -93,7 +93,8 @@ def test_int8_export_let_through_by_a_loosened_gate_is_exported_but_wrong(tmp_pa
     from asset.export import export_model
 
     m = outlier_model(tmp_path / "m")
-    export_model(m, "onnx-int8", calib_images=8, max_accuracy_drop=1.0, log=lambda msg: None)
+    export_model(m, "onnx-int8", calib_images=8, max_accuracy_drop=1.0, max_ap_drop=1.0, max_lost_defects=1000,
+                 log=lambda msg: None)
     doc = run_benchmark(m, [("onnxruntime", "fp32"), ("onnxruntime", "int8")], min_iter=2, min_seconds=0)
     by = {r["precision"]: r for r in doc["rows"]}
     assert by["fp32"]["status"] == "ok" and by["fp32"]["accuracy"] == 1.0 and doc["reference"] == "onnxruntime"
