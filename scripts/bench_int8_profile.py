@@ -87,8 +87,8 @@ def main() -> None:
     from asset import modeldir
     from asset.algorithm import Algorithm, load_image
     from asset.backends import default_threads
-    from asset.export import export_model
     from asset.export import data as D
+    from asset.export import export_model
 
     threads = args.threads or default_threads()
     card = modeldir.verify(args.model)
