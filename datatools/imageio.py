@@ -21,7 +21,10 @@ def decode_image_bytes(data: bytes, path: Path) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError:
+        raise DatasetError(f"{path}: the image header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
+                           "(Pillow's decompression-bomb limit): a corrupt or hostile file, not a dataset image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DatasetError(f"{path}: image does not decode ({exc})") from None
     return img
 

@@ -23,13 +23,38 @@ TMP_PREFIX = ".tmp-"
 LATEST = "latest"
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in directory `path` durable (no-op where directories cannot be fsynced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def point_link(link: Path, target: str) -> None:
-    """Create or move a relative symlink atomically (write a new link, rename over the old)."""
-    tmp = link.with_name(f"{TMP_PREFIX}{link.name}.{os.getpid()}")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
+    """Create or move a relative symlink atomically (write a new link under a unique name, rename over the old,
+    fsync the directory). The temporary name is random, not the PID: every containerised run is PID 1, and two
+    of them on one store would share (and remove) each other's temporary link."""
+    link = Path(link)
+    while True:
+        tmp = link.with_name(f"{TMP_PREFIX}{link.name}.{uuid.uuid4().hex}")
+        try:
+            os.symlink(target, tmp)
+            break
+        except FileExistsError:
+            continue
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(link.parent)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -10,6 +10,7 @@ Two public releases exist and are told apart by their folders (see README.md bes
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -198,6 +199,9 @@ def parse_ellipse_labels(path: Path) -> dict[int, tuple[int, Ellipse]]:
             raise DatasetError(f"{path}: line {number}: not numbers: {line[:80]!r}") from None
         if index in result:
             raise DatasetError(f"{path}: line {number}: index {index} is listed twice (first on line {result[index][0]})")
+        if not all(math.isfinite(v) for v in (major, minor, angle, cx, cy)):
+            raise DatasetError(f"{path}: line {number}: every value must be a finite number (inf / nan are not "
+                               f"ellipses): {line[:80]!r}")
         if not (major > 0 and minor > 0):
             raise DatasetError(f"{path}: line {number}: semi-axes must be positive, got {major}, {minor}")
         result[index] = (number, Ellipse(cx=cx, cy=cy, semi_major=major, semi_minor=minor, angle=angle))
