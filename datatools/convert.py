@@ -56,13 +56,17 @@ def process_sample(job: tuple[RawSample, str]) -> dict:
     width, height = img.size
     if width == 0 or height == 0:
         raise DatasetError(f"{sample.image}: image is empty ({width}x{height})")
-    if sample.mask is not None:
+    if not sample.mask_labelled:
+        if sample.declared_defective is not True or sample.mask is not None or sample.ellipse is not None:
+            raise DatasetError(f"{sample.image}: an image-level label (no mask) must be defective and have no mask")
+        mask = np.zeros((height, width), dtype=np.uint8)
+    elif sample.mask is not None:
         mask = read_mask_file(sample.mask, (height, width))
     elif sample.ellipse is not None:
         mask = rasterise_ellipse(sample.ellipse, (height, width))
     else:
         mask = np.zeros((height, width), dtype=np.uint8)
-    defective = bool(mask.any())
+    defective = bool(mask.any()) or not sample.mask_labelled
     if sample.declared_defective is not None and sample.declared_defective != defective:
         where = sample.mask or sample.image
         if sample.declared_defective:
@@ -86,6 +90,8 @@ def process_sample(job: tuple[RawSample, str]) -> dict:
     }
     if sample.fold is not None:
         record["fold"] = sample.fold
+    if not sample.mask_labelled:  # written only when false: datasets without such images keep their versions
+        record["mask_labelled"] = False
     return record
 
 

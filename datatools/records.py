@@ -39,6 +39,9 @@ class RawSample:
     declared_defective: the label the raw metadata states, checked against the mask; None when
               the raw data has no label of its own (the mask decides).
     fold:     cross-validation fold, for datasets whose protocol uses folds.
+    mask_labelled: False for an image labelled defective without a mask (image-level label; FORMAT.md): it is
+              stored with an all-zero mask and `"mask_labelled": false`; needs declared_defective=True and
+              neither mask nor ellipse.
     """
 
     id: str
@@ -49,6 +52,7 @@ class RawSample:
     ellipse: Ellipse | None = None
     declared_defective: bool | None = None
     fold: int | None = None
+    mask_labelled: bool = True
 
 
 @dataclass

@@ -11,6 +11,7 @@ CONVERTERS: dict[str, str] = {
     "kolektorsdd": "datatools.kolektorsdd",
     "kolektorsdd2": "datatools.kolektorsdd2",
     "synthetic": "datatools.synthetic",
+    "folder": "datatools.folder",
 }
 
 

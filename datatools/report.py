@@ -173,6 +173,12 @@ def build_report(version_dir: Path, document: dict, thumbnails: int = 24, progre
     split_rows = [[s, splits[s]["images"], splits[s]["defective"], splits[s]["images"] - splits[s]["defective"]]
                   for s in SPLITS]
     split_rows.append(["all", sum(r[1] for r in split_rows), sum(r[2] for r in split_rows), sum(r[3] for r in split_rows)])
+    split_header = ["split", "images", "defective", "OK"]
+    unmasked = Counter(s["split"] for s in samples if not s.get("mask_labelled", True))
+    if unmasked:  # image-level labels: defective images without a mask
+        split_header.append("defective without mask")
+        for row in split_rows:
+            row.append(sum(unmasked.values()) if row[0] == "all" else unmasked[row[0]])
 
     per_group: dict[str, Counter] = defaultdict(Counter)
     for s in samples:
@@ -188,7 +194,9 @@ def build_report(version_dir: Path, document: dict, thumbnails: int = 24, progre
                       + histogram_svg([s["width"] for s in samples], "image width", "pixels")
                       + histogram_svg([s["height"] for s in samples], "image height", "pixels") + "</div>")
 
-    areas = [(mask_area(s["mask"]), s["width"] * s["height"]) for s in samples if s["defective"]]
+    # image-level labels (mask_labelled false) have no defect area to show
+    areas = [(mask_area(s["mask"]), s["width"] * s["height"]) for s in samples
+             if s["defective"] and s.get("mask_labelled", True)]
     pixels = [a for a, _ in areas]
     percent = [100.0 * a / n for a, n in areas]
     area_block = ('<div class="charts">'
@@ -209,6 +217,8 @@ def build_report(version_dir: Path, document: dict, thumbnails: int = 24, progre
             continue
         thumb = overlay(image, decode_mask(s["mask"]))
         label = '<span class="def">defective</span>' if s["defective"] else '<span class="ok">OK</span>'
+        if not s.get("mask_labelled", True):
+            label += " (no mask)"
         figures.append(f'<figure><img alt="{_esc(s["id"])}" src="{_data_uri(thumb)}">'
                        f'<figcaption title="{_esc(s["id"])}">{_esc(s["id"])}<br>{_esc(s["split"])} · {label}'
                        f"</figcaption></figure>")
@@ -228,7 +238,7 @@ def build_report(version_dir: Path, document: dict, thumbnails: int = 24, progre
 <h1>{_esc(document['name'])} <small>{_esc(document['version'])}</small></h1>
 <table class="meta">{meta}</table>
 <h2>Counts per split</h2>
-{_table(["split", "images", "defective", "OK"], split_rows)}
+{_table(split_header, split_rows)}
 <h2>Counts per group</h2>
 {_table(group_header, group_rows)}
 <h2>Image sizes</h2>

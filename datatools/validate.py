@@ -82,6 +82,9 @@ def validate_dataset(path: Path, check_hashes: bool = True, progress: bool | Non
             continue
         if mask.shape != (s["height"], s["width"]):
             problems.append(f"{sid}: mask decodes to {mask.shape}, expected {(s['height'], s['width'])}")
-        if bool(mask.any()) != s["defective"]:
+        if not s.get("mask_labelled", True):  # image-level label: defective, stored mask all zero
+            if mask.any():
+                problems.append(f"{sid}: mask_labelled is false but its stored mask marks defect pixels")
+        elif bool(mask.any()) != s["defective"]:
             problems.append(f"{sid}: defective={s['defective']} disagrees with its mask")
     return problems
