@@ -111,6 +111,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         if repo_url:
             kind = "tree" if path.is_dir() else "blob"
             return f"[{text}]({repo_url}/{kind}/main/{rel}{'#' + anchor if anchor else ''})"
+        if text.strip("`").rstrip("/") == rel:
+            return f"`{rel}`"
         return text if f"`{rel}`" in text or f"`{rel}/`" in text else f"{text} (`{rel}`)"
 
     return _outside_code(markdown, lambda part: LINK.sub(relink, part))

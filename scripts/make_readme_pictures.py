@@ -1,21 +1,25 @@
 """Draw the pictures of README.md and the docs (docs/assets/overlay.png, docs/assets/pareto.png) from real outputs.
 
-The inputs are a model trained with the demo recipe and the report of a small sweep, made on the synthetic set by:
+The input is one small real sweep on the synthetic DAGM-like set (128x128; 384 train / 96 val / 240 test images):
+two models with the sweep demo's training settings (asset/configs/sweeps/demo.yaml: Jaccard loss, AdamW lr 0.002,
+cosine with 10 warm-up steps, batch 16), 3 epochs each without a time cap, each evaluated, exported to ONNX and
+benchmarked, then its report:
 
     v=$(datatool convert synthetic --raw out/readme-pictures/raw --out out/readme-pictures/data | tail -n 1)
-    asset train --config asset/configs/demo.yaml --data "$v" --out out/readme-pictures/model --no-progress
-    asset evaluate --model out/readme-pictures/model --split test --out out/readme-pictures/evaluation
-    asset sweep --data "$v" --out out/readme-pictures/sweep --config asset/configs/sweeps/demo.yaml \\
-        --archs unet,linknet --encoders tu-efficientnet_lite0,mobilenet_v2
-    asset report out/readme-pictures/sweep --out out/readme-pictures/report --budget-ms 12 \\
+    asset sweep --data "$v" --out out/readme-pictures/sweep --config asset/configs/sweeps/demo.yaml \
+        --archs unet --encoders tu-efficientnet_lite0,mobilenet_v2 \
+        --set trainer.max_time=null --set trainer.max_epochs=3
+    asset report out/readme-pictures/sweep --out out/readme-pictures/report --budget-ms 12 \
         --device build-host:onnxruntime
     python scripts/make_readme_pictures.py          # then commit docs/assets/
 
-The overlay shows the first --count defective test images in dataset order (not chosen by how well they came out):
-image | ground truth (green) | prediction (red), drawn by the evaluation report's own `overlay_panel`. The Pareto
-plot is the report's PNG for the ONNX Runtime column. docs/assets/pictures.json records what made them: date,
-model, dataset version, the model's test metrics, the sweep's models. Both images are palette PNGs well under
-200 KB.
+The overlay is the sweep's EfficientNet-Lite0 U-Net (pretrained, the architecture and encoder of the demo recipe,
+asset/configs/demo.yaml) on the first --count defective test images in dataset order (not chosen by how well they
+came out): image | ground truth (green) | prediction (red), drawn by the evaluation report's own `overlay_panel`.
+The Pareto plot is the report's PNG for the ONNX Runtime column. A 2-model sweep of 3 epochs on a shared 2-core
+machine: the pictures show what the tools draw; the figures in them are not results (docs/results.md has those).
+docs/assets/pictures.json records what made them: date, model, dataset version, the model's test metrics, the
+sweep's models. Both images are palette PNGs well under 200 KB.
 """
 
 from __future__ import annotations
@@ -72,8 +76,8 @@ def overlay(model: Path, data: str | None, count: int, scale: int, out: Path) ->
     gap = np.full((4 * scale, rows[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate([x for r in rows for x in (r, gap)][:-1], axis=0)
     size = _save_small(Image.fromarray(grid), out)
-    evaluation = model.parent / "evaluation" / "metrics.json"
-    metrics = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+    result = model.parent / "result.json"  # a sweep model: its test evaluation
+    metrics = (json.loads(result.read_text()).get("metrics") or {}).get("test") or {} if result.is_file() else {}
     return {"file": out.name, "bytes": size, "backend": backend, "model": {
         "arch": card["arch"], "encoder": card["encoder"],
         "epochs": len(card.get("training", {}).get("val_history", [])) or None},
@@ -99,7 +103,8 @@ def pareto(report: Path, column: str, width: int, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     work = Path("out/readme-pictures")
-    p.add_argument("--model", type=Path, default=work / "model", help="a model trained with the demo recipe")
+    p.add_argument("--model", type=Path, default=work / "sweep" / "synthetic" / "unet--tu-efficientnet_lite0" / "model",
+                   help="the model of the overlay (default: the sweep's EfficientNet-Lite0 U-Net)")
     p.add_argument("--data", help="its dataset (default: the one in its model card)")
     p.add_argument("--report", type=Path, default=work / "report", help="an `asset report` output folder")
     p.add_argument("--column", default="onnxruntime", help="which device column's Pareto plot (default onnxruntime)")
@@ -115,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     results = sorted(sweep.glob("*/*/result.json"))
     if results:
         record["pareto"]["sweep_models"] = [
-            {k: r.get(k) for k in ("arch", "encoder", "status")} | {"epochs": r.get("epochs")}
+            {k: r.get(k) for k in ("arch", "encoder", "status")}
+            | {"epochs": (r.get("training") or {}).get("epochs"),
+               "test_accuracy": ((r.get("metrics") or {}).get("test") or {}).get("accuracy")}
             for r in (json.loads(f.read_text()) for f in results)]
     (args.out / "pictures.json").write_text(json.dumps(record, indent=1) + "\n")
     for key in ("overlay", "pareto"):
