@@ -210,6 +210,48 @@ def test_peak_rates_from_flags_and_clock(flags, fp32, int8):
     assert p["fp32"]["gflops"] == pytest.approx(fp32) and p["int8"]["gops"] == pytest.approx(int8)
 
 
+AMD = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: AMD EPYC
+cpu MHz\t\t: 2000.000
+flags\t\t: fpu sse sse2 avx avx2 fma {flags}
+"""
+
+
+@pytest.mark.parametrize("family,model,flags,core,fp32,int8", [
+    (25, 0x11, "avx512f avx512bw avx512_vnni", "AMD Zen 4", 32, 64),  # AVX-512 on 256-bit units: not 64
+    (25, 0x01, "", "AMD Zen 3", 32, 64),
+    (23, 0x31, "", "AMD Zen 2", 32, 64),
+    (23, 0x01, "", "AMD Zen / Zen+", 16, 32),  # bare metal: 2 x 128-bit FMA
+    (23, 0x01, "hypervisor", "AMD Zen 2", 32, 64),  # QEMU's "EPYC" stand-in model: the flags' core, wider
+    (23, 0x01, "hypervisor avx512f avx512bw avx512_vnni", "AMD Zen 4", 32, 64),  # stand-in model, Zen 4 flags
+    (26, 0x02, "avx512f avx512bw avx512_vnni avx_vnni", "AMD Zen 5", 64, 128),
+])
+def test_peak_per_microarchitecture(family, model, flags, core, fp32, int8):
+    from scripts.flops import peak_label, peak_rates
+
+    p = peak_rates(2, AMD.format(family=family, model=model, flags=flags))
+    assert p["fp32"]["isa"] == p["int8"]["isa"] == core, p["fp32"]["source"]
+    assert p["fp32"]["flop_per_cycle_core"] == fp32 and p["int8"]["macs_per_cycle_core"] == int8
+    assert p["fp32"]["gflops"] == pytest.approx(2 * fp32 * 2.0) and p["int8"]["gops"] == pytest.approx(2 * 2 * int8 * 2.0)
+    assert f"family {family} model {model}" in p["fp32"]["source"]
+    label = peak_label(p)
+    assert label.startswith(f"{2 * fp32 * 2.0:.0f} GFLOP/s fp32 peak: 2 cores x {fp32} FLOP/cycle x 2.00 GHz, {core} (")
+
+
+def test_a_gemm_faster_than_the_table_row_drops_the_row():
+    """A measured GEMM beyond what the named core can do at the known clock: the row is not this core; the widest
+    instructions' best case is taken, and the source says why."""
+    from scripts.flops import peak_rates
+
+    p = peak_rates(2, AMD.format(family=23, model=1, flags=""), clock_ghz=3.0, gemm_gflops=150.0)
+    assert p["fp32"]["flop_per_cycle_core"] == 32 and p["fp32"]["isa"] == "avx2+fma"
+    assert "dropped: the fp32 GEMM reached 150 GFLOP/s, more than its 96 at 3.00 GHz" in p["fp32"]["source"]
+    assert p["gemm_gflops"] == 150.0 and p["clock_ghz"] == 3.0
+
+
 def test_peak_clock_is_the_highest_evidence():
     """A measured clock or a GEMM faster than the stated clock allows raises the clock: the peak never errs low."""
     from scripts.flops import peak_rates
