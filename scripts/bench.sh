@@ -44,6 +44,14 @@ python "$here/bench_inference.py" "${q[@]}" --out "$out/inference.json" | tee -a
 echo "== asset: HTTP server vs the bare backend (same model, same image)" >&2
 python "$here/bench_server.py" "${q[@]}" --workloads "$workloads" --out "$out/server.json" | tee -a "$summary"
 
+{
+  echo
+  echo "FLOP floor = FLOPs of the network at the timed input (torch counter, checked against the ONNX graph) / the"
+  echo "cores' peak (cores x FP32 FLOP or INT8 MAC per cycle of the microarchitecture x measured clock,"
+  echo "\`scripts/flops.py\`; each row names where its per-cycle width came from), with the floor at the rate of this run's"
+  echo "fp32 GEMM beside it; a ratio >= 1 is how many times slower than that floor. Ratios between engines are measured"
+  echo "in turns in one run; the load average above says how busy the machine was."
+} >> "$summary"
 echo >&2
 cat "$summary"
 if [ -n "$quick" ]; then  # the real pages keep the real run's table: the smoke run only finds and renders them
