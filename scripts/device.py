@@ -4,6 +4,7 @@
     python3 scripts/device.py --model /data/models/demo --registry registry.example:5000
     python3 scripts/device.py --model /data/models/demo --dry-run     # what it would do
     python3 scripts/device.py --update                                 # newer image, same model mount
+    python3 scripts/device.py --model M --api-key-file /etc/defect/key  # reachable from other machines, with a key
 
 A standalone script, not an `asset` command: device hosts (a Jetson, a Raspberry Pi) run the asset only inside
 its image, so the host needs Python 3 and `docker` (scripts/requirements-device.txt), not the asset package.
@@ -14,6 +15,19 @@ REGISTRY/asset:PLATFORM-TAG (ci/docker-bake.hcl) -> check the model directory ha
 pull with per-layer progress -> check the image's architecture -> start the server container (model directory
 mounted read-only, nvidia runtime where needed, restart policy, port) -> wait for /readyz -> print the URL.
 A container that does not become ready is removed; an update that fails puts the previous container back.
+
+Interrupted at any step (Ctrl-C, an engine that does not answer within the client's timeout, any error): a new
+container is removed (looked up by name when the engine created it but the answer was lost), and during --update
+the previous container is renamed back and started again, so the device keeps its server. An update cut short
+harder (the host lost power) leaves NAME-previous: the next --update takes it back first.
+
+Closed by default: without an API key (--api-key-file, mounted read-only as a file, never in the container's
+environment or command line) the port is published on 127.0.0.1 only (--network host: the server listens there);
+--bind 0.0.0.0 then needs --allow-no-api-key. With a key it is published on every interface.
+The container runs with a read-only root file system (a tmpfs /tmp), no-new-privileges, every capability dropped
+and a memory limit (--memory, default 75% of the engine's memory). --digest pins the image (sha256:..., or the
+pipeline's record out/ci/pushed/UNIT.json) and checks the pulled image's RepoDigests. After a successful update
+the previous image is removed unless a container still uses it (--keep-old-image keeps it).
 """
 
 from __future__ import annotations
@@ -37,6 +51,9 @@ DEFAULT_TAG = "latest"
 DEFAULT_NAME = "defect-asset"
 MODEL_MOUNT = "/models/model"
 CONTAINER_PORT = 8000
+KEY_MOUNT = "/run/secrets/asset-api-key"  # the API key file, mounted read-only
+TMPFS = {"/tmp": "rw,noexec,nosuid,size=256m"}  # the only writable place on the read-only root
+MEMORY_SHARE = 0.75  # default memory limit: this share of the engine's memory
 MIN_L4T = 38  # the Jetson image is JetPack 7 (L4T r38, Python 3.12): see platforms/jetson/Dockerfile
 LABEL = "org.defect-detection.device"  # marks containers this program started; JSON of their settings
 
@@ -193,45 +210,77 @@ class Plan:
     network: str  # bridge (port published) | host
     restart: str
     timeout: float
+    bind: str = "127.0.0.1"  # host address the port is published on (bridge) or the server listens on (host)
+    api_key_file: Path | None = None
+    allow_no_api_key: bool = False
+    memory: int | None = None  # bytes; None: no limit
+    digest: str | None = None  # REPO@sha256:... the image must have
+
+    @property
+    def pull_ref(self) -> str:
+        """What is pulled: the digest when pinned, else the tag."""
+        return self.digest or self.image
 
     @property
     def listen_port(self) -> int:
         return self.port if self.network == "host" else CONTAINER_PORT
 
     def command(self) -> list[str]:
+        host = self.bind if self.network == "host" else "0.0.0.0"  # bridge: the publish decides who reaches it
         cmd = ["serve", "--model", MODEL_MOUNT, "--backend", self.backend, "--precision", self.precision,
-               "--host", "0.0.0.0", "--port", str(self.listen_port)]
+               "--host", host, "--port", str(self.listen_port)]
         return cmd + (["--device", "cuda"] if self.platform.device == "cuda" and self.backend == "tensorrt" else [])
 
     def settings(self) -> dict:
         """Recorded in the container's label so that --update can start its successor alike."""
         return {"model_dir": str(self.model_dir), "port": self.port, "network": self.network,
-                "restart": self.restart, "platform": self.platform.name}
+                "restart": self.restart, "platform": self.platform.name, "bind": self.bind,
+                "api_key_file": str(self.api_key_file) if self.api_key_file else None,
+                "allow_no_api_key": self.allow_no_api_key, "memory": self.memory}
+
+    def environment(self) -> dict:
+        env = {"ASSET_PUBLISHED_HOST": self.bind}  # `asset serve` applies its key rule to where it is reachable
+        if self.api_key_file:
+            env["ASSET_API_KEY_FILE"] = KEY_MOUNT
+        if self.allow_no_api_key:
+            env["ASSET_ALLOW_NO_API_KEY"] = "1"
+        if self.platform.runtime:
+            env.update({"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"})
+        return env
 
     def run_kwargs(self) -> dict:
-        kw = {"name": self.name, "command": self.command(), "detach": True,
-              "volumes": {str(self.model_dir): {"bind": MODEL_MOUNT, "mode": "ro"}},
+        volumes = {str(self.model_dir): {"bind": MODEL_MOUNT, "mode": "ro"}}
+        if self.api_key_file:
+            volumes[str(self.api_key_file)] = {"bind": KEY_MOUNT, "mode": "ro"}
+        kw = {"name": self.name, "command": self.command(), "detach": True, "volumes": volumes,
               "restart_policy": {"Name": self.restart} if self.restart != "no" else None,
-              "labels": {LABEL: json.dumps(self.settings())}, "network_mode": self.network}
+              "labels": {LABEL: json.dumps(self.settings())}, "network_mode": self.network,
+              "environment": self.environment(), "read_only": True, "tmpfs": dict(TMPFS),
+              "security_opt": ["no-new-privileges:true"], "cap_drop": ["ALL"], "mem_limit": self.memory}
         if self.network == "bridge":
-            kw["ports"] = {f"{CONTAINER_PORT}/tcp": self.port}
+            kw["ports"] = {f"{CONTAINER_PORT}/tcp": (self.bind, self.port)}
         if self.platform.runtime:
             kw["runtime"] = self.platform.runtime
-            kw["environment"] = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
         return {k: v for k, v in kw.items() if v is not None}
 
     def describe(self) -> list[str]:
         rt = f"--runtime {self.platform.runtime} " if self.platform.runtime else ""
-        net = "--network host" if self.network == "host" else f"-p {self.port}:{CONTAINER_PORT}"
+        net = "--network host" if self.network == "host" else f"-p {self.bind}:{self.port}:{CONTAINER_PORT}"
         restart = f"--restart {self.restart} " if self.restart != "no" else ""
+        key = f"-v {self.api_key_file}:{KEY_MOUNT}:ro " if self.api_key_file else ""
+        env = " ".join(f"-e {k}={v}" for k, v in self.environment().items())
+        memory = f"--memory {self.memory} " if self.memory else ""
+        hardening = f"--read-only --tmpfs /tmp --security-opt no-new-privileges:true --cap-drop ALL {memory}"
         return [
             f"device:    {self.device.description}",
             f"platform:  {self.platform.name} ({self.platform.arch})",
-            f"image:     {self.image}",
+            f"image:     {self.image}" + (f" pinned to {self.digest}" if self.digest else ""),
             f"model:     {self.model_dir} -> {MODEL_MOUNT} (read-only), served with {self.backend} {self.precision} "
             f"(export {self.export})",
-            f"container: docker run -d --name {self.name} {rt}{restart}{net} -v {self.model_dir}:{MODEL_MOUNT}:ro "
-            f"{self.image} {' '.join(self.command())}",
+            f"container: docker run -d --name {self.name} {rt}{restart}{net} {hardening}{env} {key}"
+            f"-v {self.model_dir}:{MODEL_MOUNT}:ro {self.pull_ref} {' '.join(self.command())}",
+            f"access:    {'API key from ' + str(self.api_key_file) if self.api_key_file else 'no API key'}; "
+            f"reachable on {self.bind}:{self.port}" + (" (this machine only)" if is_loopback(self.bind) else ""),
             f"ready:     GET http://127.0.0.1:{self.port}/readyz within {self.timeout:g} s, else the container is "
             "removed",
         ]
@@ -306,14 +355,52 @@ class PullProgress:
         self.out.flush()
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def parse_digest(value: str, image: str) -> str:
+    """--digest (sha256:HEX, REPO@sha256:HEX, or the pipeline's pushed record JSON) -> REPO@sha256:HEX of `image`'s
+    repository."""
+    repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    text = value.strip()
+    if Path(text).is_file():
+        try:
+            text = json.loads(Path(text).read_text())["digest"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DeviceError(f"--digest {value}: not a pushed record with a 'digest' ({exc})") from None
+    name, _, digest = text.rpartition("@")
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise DeviceError(f"--digest {value}: expected sha256:<64 hex digits> (or REPO@sha256:..., or the "
+                          "pipeline's out/ci/pushed/UNIT.json)")
+    if name and name != repo:
+        raise DeviceError(f"--digest {value} is for {name}, not {repo}")
+    return f"{repo}@{digest}"
+
+
+def check_digest(img, digest: str) -> None:
+    """The pulled image must carry `digest` (REPO@sha256:...) in its RepoDigests."""
+    have = img.attrs.get("RepoDigests") or []
+    if digest not in have:
+        raise DeviceError(f"the pulled image's digests {have or '(none)'} do not include {digest}: refusing to run it")
+
+
 def pull(client, image: str, out=sys.stdout):
-    """Pull `image` showing per-layer progress; the pulled Image. DeviceError when the registry does not answer or
-    has no such image."""
+    """Pull `image` (REPO:TAG or REPO@sha256:...) showing per-layer progress; the pulled Image. DeviceError when the
+    registry does not answer or has no such image."""
     from docker.errors import APIError, DockerException
 
-    repo, _, tag = image.rpartition(":")
-    if "/" in tag or not repo:
-        repo, tag = image, "latest"
+    if "@" in image:
+        repo, tag = image.split("@", 1)
+    else:
+        repo, _, tag = image.rpartition(":")
+        if "/" in tag or not repo:
+            repo, tag = image, "latest"
     progress = PullProgress(out)
     print(f"pulling {image}", file=out, flush=True)
     try:
@@ -324,6 +411,8 @@ def pull(client, image: str, out=sys.stdout):
     except APIError as exc:
         raise DeviceError(_pull_message(image, str(exc.explanation or exc))) from None
     except DockerException as exc:
+        raise DeviceError(_pull_message(image, _first_line(exc))) from None
+    except Exception as exc:  # noqa: BLE001 - requests' timeouts and connection errors are not DockerExceptions
         raise DeviceError(_pull_message(image, _first_line(exc))) from None
     return client.images.get(image)
 
@@ -387,22 +476,48 @@ def _remove(container) -> None:
         pass
 
 
+def _cleanup(client, name: str, container, out) -> None:
+    """Remove the container this program was starting: the object, or the one the engine made under `name` when
+    the answer to create() never came (a client timeout). Best effort, and never interrupted half-way by a
+    second Ctrl-C."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading_main() else None
+    try:
+        target = container or find_container(client, name)
+        if target is not None:
+            _remove(target)
+    except Exception as exc:  # noqa: BLE001 - say what is left, the original error is what matters
+        print(f"warning: could not remove the new container {name} ({_first_line(exc)}): docker rm -f {name}",
+              file=out, flush=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def start(client, plan: Plan, out=sys.stdout):
-    """Create and start the container and wait until ready; on any failure the container is removed."""
+    """Create and start the container and wait until ready; on any failure or interruption (Ctrl-C, a client
+    timeout) the new container is removed and the error raised (DeviceError, or KeyboardInterrupt)."""
     from docker.errors import APIError
 
     container = None
     try:
-        container = client.containers.create(plan.image, **{k: v for k, v in plan.run_kwargs().items()
-                                                            if k != "detach"})
+        container = client.containers.create(plan.pull_ref, **{k: v for k, v in plan.run_kwargs().items()
+                                                               if k != "detach"})
         container.start()
         wait_ready(container, plan.port, plan.timeout, out)
-    except (DeviceError, APIError, KeyboardInterrupt) as exc:
-        if container is not None:
-            _remove(container)
-        if isinstance(exc, APIError):
-            raise DeviceError(f"cannot start {plan.image}: {exc.explanation or exc}") from None
-        raise
+    except BaseException as exc:
+        _cleanup(client, plan.name, container, out)
+        if isinstance(exc, (DeviceError, KeyboardInterrupt, SystemExit)):
+            raise
+        what = exc.explanation if isinstance(exc, APIError) and exc.explanation else _first_line(exc)
+        raise DeviceError(f"cannot start {plan.image}: {what}") from None
     return container
 
 
@@ -448,6 +563,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--restart", choices=["no", "on-failure", "always", "unless-stopped"],
                    help="restart policy (default unless-stopped)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for /readyz (default 180)")
+    p.add_argument("--api-key-file", type=Path, default=os.environ.get("DEFECT_API_KEY_FILE") or None,
+                   help="file holding the API key the server requires (X-API-Key), mounted read-only into the "
+                        "container (env DEFECT_API_KEY_FILE); with it the port is published on every interface")
+    p.add_argument("--bind", help="host address the port is published on (--network host: the server listens "
+                   "on); default 0.0.0.0 with an API key, 127.0.0.1 without")
+    p.add_argument("--allow-no-api-key", action="store_true", default=None,
+                   help="allow --bind beyond loopback without an API key: anyone who reaches the port can use it")
+    p.add_argument("--memory", help="memory limit of the container, e.g. 2g or 512m (default 75%% of the engine's "
+                   "memory; 'none' for no limit)")
+    p.add_argument("--digest", help="run exactly this image: sha256:..., REPO@sha256:..., or the pipeline's pushed "
+                   "record (out/ci/pushed/UNIT.json); checked against the pulled image's RepoDigests")
+    p.add_argument("--keep-old-image", action="store_true", help="after --update, keep the previous image (default: "
+                   "removed when no container uses it, so that the device's disk does not fill)")
     p.add_argument("--update", action="store_true", help="replace the running container with the newest image, "
                    "keeping its model mount, port and settings")
     p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
@@ -461,10 +589,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--timeout must be > 0")
     if not args.update and args.model is None:
         p.error("--model is required (unless --update reuses the running container's)")
+    if args.memory is not None and args.memory != "none" and parse_memory(args.memory) is None:
+        p.error(f"--memory {args.memory!r}: a size such as 512m, 2g or 2048m (or 'none')")
     return args
 
 
-def make_plan(args, engine_arch: str | None, runtimes, previous: dict | None = None) -> Plan:
+def parse_memory(text: str) -> int | None:
+    """'512m', '2g', '1.5g', '1048576' -> bytes; None when it is not a size."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgKMG]?)[bB]?\s*", text or "")
+    if not m:
+        return None
+    value = float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+    return int(value) if value >= 6 << 20 else None  # Docker's minimum is 6 MB
+
+
+def make_plan(args, engine_arch: str | None, runtimes, previous: dict | None = None,
+              engine_memory: int | None = None) -> Plan:
     prev = previous or {}
     machine = args.machine or engine_arch or platform.machine()
     device = detect(args.root, machine, runtimes)
@@ -484,14 +624,44 @@ def make_plan(args, engine_arch: str | None, runtimes, previous: dict | None = N
     model_dir = Path(model_dir).resolve()
     card = read_model(model_dir)
     backend, precision, key = choose_backend(plat, model_dir, card)
-    return Plan(device, plat, image_ref(args.registry, name, args.tag), args.name, model_dir,
+    key_file = getattr(args, "api_key_file", None) or (Path(prev["api_key_file"]) if prev.get("api_key_file") else None)
+    if key_file is not None:
+        key_file = Path(key_file).resolve()
+        try:
+            if not key_file.read_text(encoding="utf-8").strip():
+                raise DeviceError(f"API key file {key_file} is empty")
+        except OSError as exc:
+            raise DeviceError(f"API key file {key_file}: {exc.strerror}") from None
+    allow = bool(getattr(args, "allow_no_api_key", None) or prev.get("allow_no_api_key"))
+    bind = getattr(args, "bind", None) or prev.get("bind") or ("0.0.0.0" if key_file else "127.0.0.1")
+    if not key_file and not is_loopback(bind) and not allow:
+        raise DeviceError(f"--bind {bind} without an API key would let anyone who reaches this device use the model: "
+                          "pass --api-key-file FILE (a key only you know), keep the default (127.0.0.1, this machine "
+                          "only), or say --allow-no-api-key")
+    memory_arg = getattr(args, "memory", None)
+    if memory_arg == "none":
+        memory = None
+    elif memory_arg:
+        memory = parse_memory(memory_arg)
+    elif prev.get("memory"):
+        memory = int(prev["memory"])
+    else:
+        memory = int(engine_memory * MEMORY_SHARE) if engine_memory else None
+    image = image_ref(args.registry, name, args.tag)
+    digest = parse_digest(args.digest, image) if getattr(args, "digest", None) else None
+    return Plan(device, plat, image, args.name, model_dir,
                 backend, precision, key, args.port or prev.get("port") or 8000,
                 args.network or prev.get("network") or "bridge", args.restart or prev.get("restart") or
-                "unless-stopped", args.timeout)
+                "unless-stopped", args.timeout, bind=bind, api_key_file=key_file, allow_no_api_key=allow,
+                memory=memory, digest=digest)
 
 
 def url_lines(plan: Plan) -> str:
-    return f"ready: http://127.0.0.1:{plan.port}/ (from other machines: http://{socket.gethostname()}:{plan.port}/)"
+    here = f"ready: http://127.0.0.1:{plan.port}/"
+    if is_loopback(plan.bind):
+        return here + " (this machine only: no API key; --api-key-file FILE to serve other machines)"
+    return here + f" (from other machines: http://{socket.gethostname()}:{plan.port}/" + \
+        (", header X-API-Key)" if plan.api_key_file else ", NO API KEY)")
 
 
 def run(args, out=sys.stdout) -> int:
@@ -503,11 +673,15 @@ def run(args, out=sys.stdout) -> int:
         if not args.dry_run:
             raise
         print(f"note: {exc} (planning from this host's files alone)", file=out)
+    engine_memory = None
     if client is not None:
         info = client.info()
         engine_arch = docker_arch(info.get("Architecture") or platform.machine())
         runtimes = set((info.get("Runtimes") or {}).keys())
+        engine_memory = info.get("MemTotal") or None
     old = find_container(client, args.name) if client is not None else None
+    if old is None and client is not None and not args.dry_run:
+        old = recover_previous(client, args.name, out)
     previous = None
     if args.update:
         if client is not None and old is None:
@@ -523,7 +697,7 @@ def run(args, out=sys.stdout) -> int:
     elif old is not None:
         raise DeviceError(f"a container named {args.name} exists already ({old.status}, image "
                           f"{(old.image.tags or [old.image.short_id])[0]}): use --update to replace it, or --name")
-    plan = make_plan(args, engine_arch, runtimes, previous)
+    plan = make_plan(args, engine_arch, runtimes, previous, engine_memory)
     if args.dry_run:
         print("dry run: nothing is pulled or started", file=out)
         for line in plan.describe():
@@ -533,10 +707,12 @@ def run(args, out=sys.stdout) -> int:
                   "back if the new one does not become ready)", file=out)
         return 0
     print(plan.describe()[0], file=out)
-    had = _image_id(client, plan.image)
-    img = pull(client, plan.image, out)
+    had = _image_id(client, plan.pull_ref)
+    img = pull(client, plan.pull_ref, out)
     try:
         check_image_arch(img, plan.image, engine_arch)
+        if plan.digest:
+            check_digest(img, plan.digest)
     except DeviceError:
         if had is None:  # pulled just now: do not leave an image this device cannot run
             client.images.remove(img.id, force=True)
@@ -547,29 +723,87 @@ def run(args, out=sys.stdout) -> int:
                   file=out)
             print(url_lines(plan), file=out)
             return 0
+        old_image = old.image.id
         replace(client, old, plan, out)
+        if not args.keep_old_image and old_image != img.id:
+            prune_image(client, old_image, out)
     else:
         start(client, plan, out)
     print(url_lines(plan), file=out, flush=True)
     return 0
 
 
+def recover_previous(client, name: str, out):
+    """NAME-previous without NAME: an update cut short before it could put the old container back. Rename it back
+    (and start it) so that the device serves again and --update has something to replace."""
+    aside = find_container(client, f"{name}-previous")
+    if aside is None or LABEL not in (aside.labels or {}):
+        return None
+    print(f"found {name}-previous without {name} (an interrupted update): putting it back", file=out, flush=True)
+    aside.rename(name)
+    aside.reload()
+    if aside.status != "running":
+        aside.start()
+    return aside
+
+
+def prune_image(client, image_id: str, out) -> None:
+    """Remove an image no container uses any more (the one an update replaced)."""
+    from docker.errors import APIError, ImageNotFound
+
+    try:
+        if any(c.image.id == image_id for c in client.containers.list(all=True)):
+            return
+        client.images.remove(image_id)
+        print(f"removed the previous image {image_id.removeprefix('sha256:')[:12]}", file=out, flush=True)
+    except (ImageNotFound, APIError) as exc:  # in use, or gone: keep going, the update itself succeeded
+        print(f"note: kept the previous image {image_id[:19]} ({_first_line(exc)})", file=out, flush=True)
+
+
 def replace(client, old, plan: Plan, out=sys.stdout) -> None:
-    """Stop the old container, start the new one; if it fails, restart the old one under its name."""
+    """Stop the old container, start the new one; if anything fails or is interrupted on the way (Ctrl-C, a client
+    timeout), the new one is removed and the old one runs again under its name."""
     aside, old_image = f"{plan.name}-previous", old.image.short_id.removeprefix("sha256:")
     stale = find_container(client, aside)
     if stale is not None:
         _remove(stale)
-    old.rename(aside)
-    old.stop(timeout=10)
     try:
-        start(client, plan, out)
-    except DeviceError as exc:
-        old.rename(plan.name)
-        old.start()
-        raise DeviceError(f"{exc}\nthe update failed; the previous container runs again") from None
+        old.rename(aside)
+        old.stop(timeout=10)
+        start(client, plan, out)  # removes the new container itself when it fails
+    except BaseException as exc:
+        restored = restore(client, old, plan.name, out)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        why = str(exc) if isinstance(exc, DeviceError) else f"cannot update: {_first_line(exc)}"
+        raise DeviceError(f"{why}\nthe update failed; " + ("the previous container runs again" if restored else
+                          f"the previous container could not be restarted: docker start {plan.name}")) from None
     _remove(old)
-    print(f"replaced {plan.name}: image {old_image} -> {plan.image}", file=out)
+    print(f"replaced {plan.name}: image {old_image} -> {plan.pull_ref}", file=out)
+
+
+def restore(client, old, name: str, out) -> bool:
+    """Put the old container back under `name` and running (after the new one was removed); True when it runs.
+    Not interrupted by a second Ctrl-C."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading_main() else None
+    try:
+        leftover = find_container(client, name)
+        if leftover is not None and leftover.id != old.id:
+            _remove(leftover)  # a new container start() could not remove
+        old.reload()
+        if old.name != name:
+            old.rename(name)
+        if old.status != "running":
+            old.start()
+        return True
+    except Exception as exc:  # noqa: BLE001 - report it with the original error
+        print(f"warning: could not restart the previous container ({_first_line(exc)})", file=out, flush=True)
+        return False
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def main(argv=None) -> int:

@@ -101,19 +101,25 @@ def test_dry_run_on_a_raspberry_pi(tmp_path):
     assert "no Docker engine answers at unix:///nonexistent/docker.sock" in r.stdout
     assert "device:    Raspberry Pi 4 Model B Rev 1.4" in r.stdout
     assert "image:     registry.local:5000/defect/asset:rpi4-v3" in r.stdout
-    assert (f"docker run -d --name defect-asset --restart unless-stopped -p 8080:8000 -v {model}:/models/model:ro "
-            "registry.local:5000/defect/asset:rpi4-v3 serve --model /models/model --backend onnxruntime "
-            "--precision fp32 --host 0.0.0.0 --port 8000") in r.stdout
+    assert (f"docker run -d --name defect-asset --restart unless-stopped -p 127.0.0.1:8080:8000 --read-only --tmpfs "
+            "/tmp --security-opt no-new-privileges:true --cap-drop ALL -e ASSET_PUBLISHED_HOST=127.0.0.1 "
+            f"-v {model}:/models/model:ro registry.local:5000/defect/asset:rpi4-v3 serve --model /models/model "
+            "--backend onnxruntime --precision fp32 --host 0.0.0.0 --port 8000") in r.stdout
+    assert "access:    no API key; reachable on 127.0.0.1:8080 (this machine only)" in r.stdout
 
 
 def test_dry_run_on_a_jetson_serves_the_engine_with_the_nvidia_runtime(tmp_path):
     root = root_with(tmp_path, tegra=TEGRA_R38, model=b"NVIDIA Jetson AGX Thor Developer Kit\x00")
     model = model_dir(tmp_path, "onnx", "tensorrt-fp16")
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
     r = run_script("--model", str(model), "--root", str(root), "--machine", "aarch64", "--dry-run",
-                   "--network", "host", "--restart", "always")
+                   "--network", "host", "--restart", "always", "--api-key-file", str(key))
     assert r.returncode == 0, r.stderr
     assert "image:     defect/asset:latest-jetson" in r.stdout
     assert "--runtime nvidia --restart always --network host" in r.stdout
+    assert "-e ASSET_API_KEY_FILE=/run/secrets/asset-api-key" in r.stdout
+    assert f"-v {key}:/run/secrets/asset-api-key:ro" in r.stdout and "s3cret" not in r.stdout
     assert "--backend tensorrt --precision fp16 --host 0.0.0.0 --port 8000 --device cuda" in r.stdout
 
 
@@ -123,7 +129,12 @@ def test_plan_container_settings(tmp_path):
     plan = device.make_plan(args, "amd64", {"runc"})
     kw = plan.run_kwargs()
     assert kw["volumes"] == {str(plan.model_dir): {"bind": "/models/model", "mode": "ro"}}
-    assert kw["ports"] == {"8000/tcp": 9001} and kw["restart_policy"] == {"Name": "unless-stopped"}
+    assert kw["ports"] == {"8000/tcp": ("127.0.0.1", 9001)} and kw["restart_policy"] == {"Name": "unless-stopped"}
+    assert kw["read_only"] is True and kw["tmpfs"] == {"/tmp": "rw,noexec,nosuid,size=256m"}
+    assert kw["security_opt"] == ["no-new-privileges:true"] and kw["cap_drop"] == ["ALL"]
+    assert "mem_limit" not in kw  # no engine memory known, no --memory
+    assert kw["environment"] == {"ASSET_PUBLISHED_HOST": "127.0.0.1"}
+    assert device.make_plan(args, "amd64", {"runc"}, engine_memory=4 << 30).run_kwargs()["mem_limit"] == 3 << 30
     assert "runtime" not in kw and kw["command"][3:5] == ["--backend", "onnxruntime"]
     assert (plan.backend, plan.precision) == ("onnxruntime", "int8")
     assert json.loads(kw["labels"][device.LABEL])["model_dir"] == str(plan.model_dir)
