@@ -137,6 +137,7 @@ def validate_config(cfg: dict) -> None:
     _fraction("thresholds.pixel (--pixel-threshold)", cfg["thresholds"]["pixel"])
     _fraction("thresholds.image (--image-threshold)", cfg["thresholds"]["image"], allow_none=True)
     _fraction("loss.bce_weight", cfg["loss"]["bce_weight"])
+    _fraction("data.mask_fraction", d.get("mask_fraction", 1.0))
     _open_fraction_or_null("model.head_prior", m.get("head_prior"), "0.01")
     _open_fraction_or_null("optimizer.ema_decay", cfg["optimizer"].get("ema_decay"), "0.9")
     from asset.algorithm import DECISION_RULES

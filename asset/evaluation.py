@@ -32,6 +32,7 @@ class Record:
     union: int
     gt_pixels: int
     value: float | None = None  # what the image threshold is compared with (fraction or head score)
+    masked: bool = True  # False: an image-level label, left out of the pixel figures (asset/scoring.py)
 
     def __post_init__(self) -> None:
         if self.value is None:
@@ -61,7 +62,7 @@ def evaluate_samples(runner: Runner, algorithm: Algorithm, samples: list, batch_
 
     with tqdm(total=len(samples), desc="evaluating", unit="img", disable=not progress) as bar:
         scores, _ = scoring.score_items(runner, algorithm, samples, batch_size, progress=bar.update)
-    return [Record(s.id, r.defective, r.fraction, r.score, r.inter, r.union, r.gt_pixels, r.value)
+    return [Record(s.id, r.defective, r.fraction, r.score, r.inter, r.union, r.gt_pixels, r.value, r.masked)
             for s, r in zip(samples, scores)]
 
 
@@ -79,7 +80,7 @@ def worst_cases(records: list[Record], image_threshold: float, k: int = 4) -> di
     """False positives with the highest scores and false negatives with the lowest (then low-IoU defective hits)."""
     fps = sorted((r for r in records if not r.defective and r.value >= image_threshold), key=lambda r: -r.score)
     fns = sorted((r for r in records if r.defective and r.value < image_threshold), key=lambda r: r.score)
-    low = sorted((r for r in records if r.defective and r.value >= image_threshold), key=lambda r: r.iou)
+    low = sorted((r for r in records if r.defective and r.masked and r.value >= image_threshold), key=lambda r: r.iou)
     return {"false_positives": fps[:k], "false_negatives": fns[:k], "lowest_iou_detections": low[:k]}
 
 

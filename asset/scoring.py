@@ -19,6 +19,8 @@ Definitions (ground truth "defective" = the image's label; masks at the original
   checks they equal torchmetrics').
 - pixel_iou: dataset level, sum of intersections / sum of unions over all images (1.0 when both are empty).
 - mean_iou_defective: mean of the per-image IoU over images labelled defective (None when there are none).
+- Images without a mask (image-level labels, datatools/FORMAT.md `mask_labelled: false`) count in the image
+  figures and in none of the pixel ones: their intersection and union are 0.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Item:
     rle: dict
     height: int
     width: int
+    masked: bool = True  # False: an image-level label; its stored mask is all zero and is not the truth
 
 
 def open_model_dataset(card: dict, data: str | os.PathLike | None = None) -> tuple[Path, dict]:
@@ -68,7 +71,7 @@ def open_model_dataset(card: dict, data: str | os.PathLike | None = None) -> tup
 def dataset_items(version_dir: Path, doc: dict, split: str) -> list[Item]:
     """The items of one split of an opened dataset, in dataset.json order."""
     return [Item(s["id"], Path(version_dir) / s["image"], bool(s["defective"]), s["mask"], int(s["height"]),
-                 int(s["width"])) for s in doc["samples"] if s["split"] == split]
+                 int(s["width"]), bool(s.get("mask_labelled", True))) for s in doc["samples"] if s["split"] == split]
 
 
 def split_items(card: dict, split: str, data=None, limit: int | None = None) -> list[Item]:
@@ -162,7 +165,7 @@ def score_items(infer: Infer, algorithm: Algorithm, items: Sequence[Item], batch
                                     f"image is {img.shape[0]}x{img.shape[1]}; run `datatool validate` on the dataset")
         x, metas = algorithm.preprocess(images)
         for i, p in zip(part, algorithm.postprocess(infer(x), metas, image_threshold=image_threshold)):
-            scores[i] = image_score(p, items[i].defective, load_mask(items[i].rle))
+            scores[i] = image_score(p, items[i].defective, load_mask(items[i].rle), getattr(items[i], "masked", True))
             if preds is not None:
                 preds[i] = p
         if progress is not None:
@@ -183,6 +186,7 @@ class ImageScore:
     union: int
     gt_pixels: int
     value: float | None = None  # what the image threshold is compared with (Prediction.value); None = fraction
+    masked: bool = True  # False: no mask (image-level label): inter = union = 0, left out of the pixel figures
 
     def __post_init__(self) -> None:
         if self.value is None:
@@ -193,12 +197,16 @@ class ImageScore:
         return self.inter / self.union if self.union else 1.0
 
 
-def image_score(pred: Prediction, defective: bool, mask: np.ndarray) -> ImageScore:
-    """One prediction against its label and ground-truth mask (same H x W as the prediction's mask)."""
+def image_score(pred: Prediction, defective: bool, mask: np.ndarray, masked: bool = True) -> ImageScore:
+    """One prediction against its label and ground-truth mask (same H x W as the prediction's mask). `masked`
+    False: the image has a label but no mask; its pixels are not scored (inter = union = 0)."""
     gt = np.asarray(mask).astype(bool)
     pm = np.asarray(pred.mask).astype(bool)
     if gt.shape != pm.shape:
         raise ValueError(f"ground-truth mask {gt.shape} and predicted mask {pm.shape} differ in size")
+    if not masked:
+        return ImageScore(bool(defective), float(pred.defect_fraction), float(pred.score), bool(pred.defective),
+                          0, 0, 0, float(pred.value), masked=False)
     inter = int(np.count_nonzero(pm & gt))
     return ImageScore(bool(defective), float(pred.defect_fraction), float(pred.score), bool(pred.defective),
                       inter, int(np.count_nonzero(pm)) + int(np.count_nonzero(gt)) - inter, int(np.count_nonzero(gt)),
@@ -237,13 +245,14 @@ def metrics(scores: Sequence[ImageScore], image_threshold: float | None = None) 
     inter = sum(s.inter for s in scores)
     union = sum(s.union for s in scores)
     defective = [s for s in scores if s.defective]
+    with_masks = [s for s in defective if getattr(s, "masked", True)]  # image-level labels have no pixel truth
     ranked = 0 < int(y.sum()) < len(y)
     ranking = np.array([s.score for s in scores], dtype=np.float64)
     return {
         "images": len(scores),
         "defective_images": len(defective),
         "pixel_iou": inter / union if union else 1.0,
-        "mean_iou_defective": float(np.mean([s.iou for s in defective])) if defective else None,
+        "mean_iou_defective": float(np.mean([s.iou for s in with_masks])) if with_masks else None,
         "accuracy": (tp + tn) / len(scores),
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,

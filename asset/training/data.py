@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from asset.algorithm import Algorithm, Meta, load_image, load_mask
 
+# The splits data.mask_fraction thins: what training sees (test keeps every mask, for the pixel figures).
+MASK_FRACTION_SPLITS = ("train", "val")
 # Decode a whole split into memory when it holds fewer pixels than this (then workers are not needed).
 CACHE_PIXELS = 512 * 1024 * 1024
 
@@ -34,6 +36,8 @@ class Sample:
     height: int
     width: int
     channels: int
+    masked: bool = True  # False: an image-level label (defective, no mask: FORMAT.md mask_labelled), or a mask
+    #                      left out by data.mask_fraction; its mask is all zero and says nothing about its pixels
 
 
 def open_dataset(path: str | os.PathLike, check: bool = False) -> tuple[Path, dict]:
@@ -61,9 +65,34 @@ def open_dataset(path: str | os.PathLike, check: bool = False) -> tuple[Path, di
 def split_samples(version_dir: Path, doc: dict, split: str) -> list[Sample]:
     return [
         Sample(s["id"], version_dir / s["image"], bool(s["defective"]), s["mask"], int(s["height"]), int(s["width"]),
-               int(s["channels"]))
+               int(s["channels"]), bool(s.get("mask_labelled", True)))
         for s in doc["samples"] if s["split"] == split
     ]
+
+
+def keep_masks(samples: list[Sample], fraction: float, seed: int, split: str) -> list[Sample]:
+    """`samples` with only round(fraction x n) of the n masks of their defective images kept (seeded by `seed` and
+    `split`; the same ids always keep the same masks); the others become image-level labels (masked=False). OK
+    images keep their (empty) masks: an OK image is fully labelled. fraction 1 changes nothing."""
+    import dataclasses
+    import hashlib
+    import random
+
+    fraction = float(fraction)
+    if fraction >= 1.0:
+        return list(samples)
+    ids = sorted(s.id for s in samples if s.defective and s.masked)
+    digest = hashlib.sha256(f"{int(seed)}:mask_fraction:{split}".encode()).digest()
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(ids)
+    dropped = set(ids[round(fraction * len(ids)):])
+    return [dataclasses.replace(s, masked=False) if s.id in dropped else s for s in samples]
+
+
+def mask_counts(samples: list[Sample]) -> dict:
+    """What a split holds for training: images, OK ones, defective ones with a mask and without (image-level)."""
+    return {"images": len(samples), "ok": sum(not s.defective for s in samples),
+            "defective_masked": sum(s.defective and s.masked for s in samples),
+            "defective_image_level": sum(s.defective and not s.masked for s in samples)}
 
 
 def dataset_channels(doc: dict) -> int:
@@ -93,7 +122,9 @@ def default_workers(cached: bool) -> int:
 
 
 class SegmentationDataset(Dataset):
-    """(image tensor C x H x W float32, mask tensor 1 x H x W float32, index) in the network frame."""
+    """(image tensor C x H x W float32, mask tensor 1 x H x W float32, index, image label float32 (1 = defective),
+    has-mask bool) in the network frame. The label is the sample's, not derived from the mask: an image-level
+    label (has-mask False) is defective with an all-zero mask, which the pixel loss must not see."""
 
     def __init__(self, samples: list[Sample], algorithm: Algorithm, augment: dict | None = None, seed: int = 0,
                  cache: bool = True) -> None:
@@ -131,8 +162,9 @@ class SegmentationDataset(Dataset):
             if self.augment.get("rot90") and x.shape[1] == x.shape[2] and flips[2] < 0.5:
                 k = int(rng.integers(1, 4))
                 x, m = np.rot90(x, k, axes=(1, 2)), np.rot90(m, k)
+        s = self.samples[i]
         return (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m))[None].float(),
-                i)
+                i, torch.tensor(float(s.defective)), torch.tensor(bool(s.masked)))
 
 
 def _lightning():
@@ -146,7 +178,10 @@ class DefectDataModule(_lightning().LightningDataModule):
 
     def __init__(self, data_dir: str | os.PathLike, algorithm: Algorithm, batch_size: int = 8,
                  num_workers: int | str = "auto", augment: dict | None = None, seed: int = 0,
-                 eval_batch_size: int | None = None, oversample: float | None = None) -> None:
+                 eval_batch_size: int | None = None, oversample: float | None = None,
+                 mask_fraction: float = 1.0) -> None:
+        """`mask_fraction` < 1: only that share of the defective images' masks of train and val is used (seeded by
+        `seed`; `keep_masks`), the others train as image-level labels, as if they had never been drawn."""
         super().__init__()
         self.version_dir, self.doc = open_dataset(data_dir)
         self.algorithm = algorithm
@@ -156,10 +191,14 @@ class DefectDataModule(_lightning().LightningDataModule):
         self.augment = augment or {}
         self.seed = int(seed)
         self.oversample = None if oversample is None else float(oversample)
+        self.mask_fraction = float(mask_fraction)
         self.datasets: dict[str, SegmentationDataset] = {}
 
     def samples(self, split: str) -> list[Sample]:
-        return split_samples(self.version_dir, self.doc, split)
+        samples = split_samples(self.version_dir, self.doc, split)
+        if split in MASK_FRACTION_SPLITS:
+            samples = keep_masks(samples, self.mask_fraction, self.seed, split)
+        return samples
 
     def _dataset(self, split: str) -> SegmentationDataset:
         if split not in self.datasets:
@@ -229,4 +268,5 @@ def iterate_images(samples: list[Sample]):
         yield s, load_image(s.path), load_mask(s.rle)
 
 
-__all__ = ["DataError", "DefectDataModule", "Meta", "SegmentationDataset", "Sample", "open_dataset", "split_samples"]
+__all__ = ["DataError", "DefectDataModule", "Meta", "SegmentationDataset", "Sample", "keep_masks", "mask_counts",
+           "open_dataset", "split_samples"]

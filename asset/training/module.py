@@ -138,12 +138,29 @@ class SegmentationModule(L.LightningModule):
         ramp = self.decision_ramp_epochs
         return self.decision_weight * (min(1.0, (self.current_epoch + 1) / ramp) if ramp > 0 else 1.0)
 
+    @staticmethod
+    def _labels(batch, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image labels N float, has-mask N bool) of a batch: the dataset's (asset/training/data.py yields them), or
+        for a batch of (x, y, index) alone, derived from the masks, all of which then count."""
+        if len(batch) >= 5:
+            return batch[3].float(), batch[4].bool()
+        return (y.flatten(1).amax(1) > 0.5).float(), torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+
+    def _pixel_loss(self, logits: torch.Tensor, y: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """The segmentation loss over the images that have a mask only: an image-level label's all-zero mask says
+        nothing about its pixels. A batch without any mask gives 0 (kept in the graph)."""
+        if bool(masked.all()):
+            return self.loss(logits, y)
+        if not bool(masked.any()):
+            return logits.sum() * 0.0
+        return self.loss(logits[masked], y[masked])
+
     def training_step(self, batch, batch_idx):
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
+        label, masked = self._labels(batch, y)
         logits, image_logits = self._split(self.net(x))
-        loss = self.loss(logits, y)
-        if image_logits is not None:
-            label = (y.flatten(1).amax(1) > 0.5).float()
+        loss = self._pixel_loss(logits, y, masked)
+        if image_logits is not None:  # every image's label, masked or not
             decision_loss = nn.functional.binary_cross_entropy_with_logits(image_logits, label)
             self.log("train/decision_loss", decision_loss, on_step=True, on_epoch=True, batch_size=x.shape[0])
             loss = loss + self._decision_weight() * decision_loss
@@ -155,14 +172,16 @@ class SegmentationModule(L.LightningModule):
             m.reset()
 
     def validation_step(self, batch, batch_idx):
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
+        label, masked = self._labels(batch, y)
+        label = label > 0.5
         logits, image_logits = self._split(self.net(x))
-        loss = self.loss(logits, y)
+        loss = self._pixel_loss(logits, y, masked)
         prob = torch.sigmoid(logits)
         pred = prob >= self.pixel_threshold
         gt = y > 0.5
-        self.val_iou.update(pred.long(), gt.long())
-        label = gt.flatten(1).any(1)
+        if bool(masked.any()):  # pixel figures over the images with a mask only
+            self.val_iou.update(pred[masked].long(), gt[masked].long())
         if image_logits is not None:  # the head's score, as asset/algorithm.py decides with it
             score = torch.sigmoid(image_logits)
             loss = loss + self.decision_weight * nn.functional.binary_cross_entropy_with_logits(image_logits,

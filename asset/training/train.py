@@ -152,6 +152,7 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False, check_out: bool = Tr
         if not split_samples(version_dir, doc, split):
             raise DataError(f"{version_dir}: the {split!r} split is empty; training needs train and val images "
                             "(convert with --val-fraction > 0)")
+    masks = mask_usage(cfg, version_dir, doc)
     channels = dataset_channels(doc)
     m = cfg["model"]
     check_combination(m["arch"], m["encoder"], channels)
@@ -182,7 +183,26 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False, check_out: bool = Tr
                           f"{max(min_size, shape[1])}]) or pick another architecture")
     dry_run(net, m["arch"], m["encoder"], channels, policy.network_shape(first.height, first.width))
     return {"net": net, "algorithm": algorithm, "version_dir": version_dir, "doc": doc, "channels": channels,
-            "train_size": list(shape)}
+            "train_size": list(shape), "masks": masks}
+
+
+def mask_usage(cfg: dict, version_dir: Path, doc: dict) -> dict:
+    """What train and val give training after data.mask_fraction (asset/training/data.py keep_masks): per split
+    images, OK, defective with a mask, defective image-level only. Image-level defective images teach only the
+    image decision, so they need model.decision head: with the fraction rule they are refused here."""
+    from asset.training.data import MASK_FRACTION_SPLITS, keep_masks, mask_counts, split_samples
+
+    fraction = float(cfg["data"].get("mask_fraction", 1.0))
+    counts = {split: mask_counts(keep_masks(split_samples(version_dir, doc, split), fraction, cfg["seed"], split))
+              for split in MASK_FRACTION_SPLITS}
+    unmasked = sum(c["defective_image_level"] for c in counts.values())
+    if unmasked and cfg["model"]["decision"] != "head":
+        why = (f"data.mask_fraction {fraction:g} leaves" if fraction < 1 else f"the dataset {version_dir} has")
+        raise ConfigError(f"{why} {unmasked} defective train/val image(s) without a mask (image-level labels); with "
+                          f"model.decision {cfg['model']['decision']!r} the image decision is the defect-pixel "
+                          "fraction, which only masks teach. Train a decision head on the image labels: --set "
+                          "model.decision=head (or use data.mask_fraction=1 with a fully masked dataset)")
+    return {"mask_fraction": fraction, "seed": cfg["seed"], **counts}
 
 
 def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
@@ -227,7 +247,8 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     net, algorithm = parts["net"], parts["algorithm"]
     d = cfg["data"]
     dm = DefectDataModule(parts["version_dir"], algorithm, d["batch_size"], d["num_workers"], d["augment"],
-                          cfg["seed"], d["eval_batch_size"], oversample=d["oversample"])
+                          cfg["seed"], d["eval_batch_size"], oversample=d["oversample"],
+                          mask_fraction=d.get("mask_fraction", 1.0))
     loss = build_loss(cfg["loss"]["name"], cfg["loss"]["bce_weight"], cfg["loss"].get("pos_weight"))
     head = cfg["model"]["decision"] == "head"
     module = SegmentationModule(net, loss, cfg["optimizer"], cfg["scheduler"], cfg["thresholds"]["pixel"],
@@ -264,6 +285,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     _say(out_dir, f"{'resuming' if resume else 'training'} {cfg['model']['arch']}/{cfg['model']['encoder']} on "
                   f"{parts['version_dir']} ({parts['channels']} channel(s), size policy "
                   f"{algorithm.size_policy.to_dict()}) -> {out_dir}")
+    _say(out_dir, describe_masks(parts["masks"]))
     start = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
     elapsed = time.time() - start
@@ -334,6 +356,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
             "monitor": monitor, "best_epoch": best_epoch,
             "best_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
             "oversample": d["oversample"],
+            "masks": parts["masks"],
             "val_history": [{"epoch": e, **r} for e, r in sorted(history.rows.items())],
             "loss": cfg["loss"]["name"], "optimizer": cfg["optimizer"], "scheduler": cfg["scheduler"],
             "seed": cfg["seed"], "config": CONFIG_FILE,
@@ -348,6 +371,14 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     _say(out_dir, f"model written to {out_dir}")  # before the checksums: train.log is covered by them
     modeldir.write_card(out_dir, card)
     return card
+
+
+def describe_masks(masks: dict) -> str:
+    """One log line: what training saw of masks (mask_usage)."""
+    parts = [f"{split} {c['images']} ({c['ok']} OK, {c['defective_masked']} defective with a mask, "
+             f"{c['defective_image_level']} defective image-level only)"
+             for split, c in masks.items() if isinstance(c, dict)]
+    return f"masks (data.mask_fraction {masks['mask_fraction']:g}, seed {masks['seed']}): " + "; ".join(parts)
 
 
 def decision_card(cfg: dict) -> dict:
