@@ -13,7 +13,7 @@ import sys
 
 import asset
 
-COMMANDS = ["train", "evaluate", "export", "benchmark", "serve", "sweep", "report", "cv"]
+COMMANDS = ["train", "evaluate", "export", "benchmark", "serve", "sweep", "report", "cv", "predict"]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
