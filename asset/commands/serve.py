@@ -19,7 +19,8 @@ def register(sub) -> None:
         "GET / (a page to try images), GET /docs (OpenAPI).\n\nEnvironment: ASSET_MODEL, ASSET_BACKEND, "
         "ASSET_PRECISION, ASSET_DEVICE, ASSET_THREADS, ASSET_API_KEY, ASSET_MAX_BATCH, ASSET_MAX_WAIT_MS, "
         "ASSET_QUEUE_SIZE, ASSET_MAX_BODY_MB, ASSET_MAX_PIXELS, ASSET_MAX_BATCH_IMAGES, ASSET_MAX_BATCH_PIXELS, "
-        "ASSET_MAX_INFLIGHT_PIXELS, ASSET_MAX_INPUT_FACTOR, ASSET_HOST, ASSET_PORT.\n\n"
+        "ASSET_MAX_INFLIGHT_PIXELS, ASSET_MAX_INPUT_FACTOR, ASSET_HOST, ASSET_PORT, ASSET_API_KEY_FILE, "
+        "ASSET_ALLOW_NO_API_KEY, ASSET_PUBLISHED_HOST, ASSET_LIMIT_CONCURRENCY.\n\n"
         "Cost of one image: the network never sees more than MAX_INPUT_FACTOR x the training input size (model.json "
         "input.train_size) of one image; larger images run as tiles of the training size, shrunk first if more than "
         "MAX_INPUT_FACTOR tiles would be needed. The mask is always returned at the upload's size.\n\n"
@@ -33,7 +34,16 @@ def register(sub) -> None:
     p.add_argument("--precision", help="fp32 (default), int8 (onnxruntime/openvino), fp16 (tensorrt/pytorch cuda)")
     p.add_argument("--device", help="cpu (default) or cuda[:N]")
     p.add_argument("--threads", type=int, help="backend intra-op threads (default: usable cores)")
-    p.add_argument("--api-key", help="require this X-API-Key on every route but the health probes (env ASSET_API_KEY)")
+    p.add_argument("--api-key", help="require this X-API-Key on every route but the health probes (env ASSET_API_KEY; "
+                   "a command line is visible to every user of the machine: prefer --api-key-file)")
+    p.add_argument("--api-key-file", help="read the API key from this file (env ASSET_API_KEY_FILE; e.g. a Docker "
+                   "secret)")
+    p.add_argument("--allow-no-api-key", action="store_true", default=None,
+                   help="serve beyond loopback without an API key: anyone who reaches the port can use the model "
+                        "(env ASSET_ALLOW_NO_API_KEY=1)")
+    p.add_argument("--limit-concurrency", type=int,
+                   help="connections at most; beyond them new requests get 503 at once (default 64; env "
+                        "ASSET_LIMIT_CONCURRENCY)")
     p.add_argument("--max-batch", type=int, help="largest dynamic batch (default 4 on CPU, 8 on a GPU)")
     p.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 5 ms)")
     p.add_argument("--queue-size", type=int, help="requests waiting at most before 503 + Retry-After (default 64)")
@@ -52,16 +62,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: only this machine can connect."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") == "localhost"
+
+
 def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The start-up warning for a server without an API key that other machines can reach, else None."""
-    if api_key:
+    if api_key or is_loopback(host):
         return None
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        if host == "localhost":
-            return None
     return (f"NO API KEY and listening on {host}, beyond loopback: anyone who can reach this address can use the "
             "model, and any web page opened in a browser on the network can POST images to it (a multipart POST "
             "needs no CORS preflight). Set --api-key / ASSET_API_KEY, or listen on 127.0.0.1 behind a proxy")
@@ -79,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(
             model=args.model, backend=args.backend, precision=args.precision, device=args.device,
-            threads=args.threads, api_key=args.api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+            threads=args.threads, api_key=args.api_key, api_key_file=args.api_key_file,
+            allow_no_api_key=args.allow_no_api_key, limit_concurrency=args.limit_concurrency,
+            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
             queue_size=args.queue_size, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
             max_batch_images=args.max_batch_images, max_batch_pixels=args.max_batch_pixels,
             max_inflight_pixels=args.max_inflight_pixels, max_input_factor=args.max_input_factor)
@@ -98,9 +112,33 @@ def run(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    warning = exposure_warning(host, settings.api_key)
+    published = os.environ.get("ASSET_PUBLISHED_HOST", "").strip()
+    exposed = published or host  # in a container, where its port is published is what other machines reach
+    warning = exposure_warning(exposed, settings.api_key)
+    if warning and not settings.allow_no_api_key:
+        where = f"published on {exposed} (ASSET_PUBLISHED_HOST)" if published else f"listening on {host}"
+        print(f"error: no API key and {where}, beyond loopback: refused. Set --api-key-file / ASSET_API_KEY_FILE "
+              "or ASSET_API_KEY; or listen (publish) on 127.0.0.1 only; or pass --allow-no-api-key "
+              "(ASSET_ALLOW_NO_API_KEY=1) to serve anyone who can reach the port", file=sys.stderr)
+        return 2
     if warning:
         log.warning("*" * 20 + " " + warning + " " + "*" * 20)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
-                loop="auto", http="auto")  # uvloop + httptools when installed (they are pinned in the runtime)
+    # limit_concurrency: connections beyond it get 503 before any work (a slow or many-connection client cannot
+    # take the event loop's memory and sockets); the health probes keep answering under the limit
+    failed: list[bool] = []
+    server: uvicorn.Server | None = None
+
+    def fatal() -> None:  # the model did not load after every attempt: stop, exit non-zero (a supervisor acts)
+        failed.append(True)
+        if server is not None:
+            server.should_exit = True
+
+    config = uvicorn.Config(create_app(settings, on_fatal=fatal), host=host, port=port, log_level="info",
+                            access_log=False, loop="auto", http="auto",  # uvloop + httptools when installed
+                            limit_concurrency=settings.limit_concurrency, timeout_keep_alive=5)
+    server = uvicorn.Server(config)
+    server.run()
+    if failed:
+        print("error: the model did not load (the reasons are in the log above); exiting", file=sys.stderr)
+        return 1
     return 0

@@ -132,40 +132,77 @@ def _warm(predictor, max_batch: int = 1) -> None:
         predictor.predict([np.zeros(shape, np.uint8)] * n)
 
 
-def create_app(settings: Settings, predictor=None) -> FastAPI:
-    """An app serving `settings.model` (or an already built `predictor`, for tests and benchmarks)."""
+def encode_mask(mask: np.ndarray, png: bool) -> tuple[dict, str | None]:
+    """A HxW 0/1 mask -> (COCO compressed RLE {"size", "counts"}, base64 PNG or None)."""
+    m = mask if mask.dtype == np.uint8 else mask.astype(np.uint8)
+    rle = coco_mask.encode(np.asfortranarray(m))
+    out = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return out, (base64.b64encode(cv2.imencode(".png", m * 255)[1].tobytes()).decode() if png else None)
+
+
+def create_app(settings: Settings, predictor=None, on_fatal=None) -> FastAPI:
+    """An app serving `settings.model` (or an already built `predictor`, for tests and benchmarks).
+
+    A model that fails to load is tried again (settings.load_attempts in all, waiting load_retry_s, then twice as
+    long each time: a GPU or a network mount that is not there yet at boot); after the last failure
+    `on_fatal()` is called (`asset serve` stops the server, which exits non-zero so that the container's restart
+    policy or a supervisor acts); without it the app stays up, unready, answering /healthz."""
     metrics = ServerMetrics()
 
-    async def load(app: FastAPI) -> None:
+    async def load_once(app: FastAPI) -> None:
         start = time.perf_counter()
-        try:
-            pred = predictor or await asyncio.to_thread(_load_predictor, settings)
-            batcher = DynamicBatcher(pred.predict, settings.max_batch, settings.max_wait_ms, settings.queue_size,
-                                     observe_batch=metrics.batch_size.observe)
-            batcher.start()
-            app.state.predictor, app.state.batcher = pred, batcher  # from here on, shutdown stops and closes them
-            if settings.warmup:
-                await batcher.run_blocking(_warm, pred, settings.max_batch)
-            app.state.model_ref = model_ref(pred, settings)
-            metrics.model_load.set(time.perf_counter() - start)
-            app.state.ready = True
-        except Exception as exc:  # the model could not load: keep serving health probes; the why goes to the log
-            eid = error_id()
-            log.error("error %s: the model did not load: %s: %s", eid, type(exc).__name__, exc,
-                      exc_info=not isinstance(exc, (ValueError, OSError)))
-            app.state.load_error = f"the model failed to load (error id {eid}; the details are in the server log)"
+        pred = predictor or await asyncio.to_thread(_load_predictor, settings)
+        batcher = DynamicBatcher(pred.predict, settings.max_batch, settings.max_wait_ms, settings.queue_size,
+                                 observe_batch=metrics.batch_size.observe)
+        batcher.start()
+        app.state.predictor, app.state.batcher = pred, batcher  # from here on, shutdown stops and closes them
+        if settings.warmup:
+            await batcher.run_blocking(_warm, pred, settings.max_batch)
+        app.state.model_ref = model_ref(pred, settings)
+        metrics.model_load.set(time.perf_counter() - start)
+        app.state.ready = True
+
+    async def unload(app: FastAPI) -> None:
+        if app.state.batcher is not None:
+            await app.state.batcher.stop()
+        if app.state.predictor is not None and predictor is None:
+            await asyncio.to_thread(app.state.predictor.close)
+        app.state.predictor = app.state.batcher = None
+
+    async def load(app: FastAPI) -> None:
+        attempts = max(1, settings.load_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                await load_once(app)
+                app.state.load_error = None
+                return
+            except Exception as exc:  # the model could not load: keep serving health probes; the why goes to the log
+                eid = error_id()
+                log.error("error %s: the model did not load (attempt %d of %d): %s: %s", eid, attempt, attempts,
+                          type(exc).__name__, exc, exc_info=not isinstance(exc, (ValueError, OSError)))
+                app.state.load_error = f"the model failed to load (error id {eid}; the details are in the server log)"
+                try:
+                    await unload(app)
+                except Exception:  # noqa: BLE001 - a half-made predictor that cannot even close: try again anyway
+                    log.exception("error %s: cleaning up after the failed load", eid)
+                if attempt < attempts:
+                    app.state.load_error += f"; trying again ({attempt + 1} of {attempts})"
+                    await asyncio.sleep(settings.load_retry_s * 2 ** (attempt - 1))
+        app.state.load_failed = True
+        log.error("the model did not load after %d attempts%s", attempts,
+                  "; stopping the server" if on_fatal is not None else "")
+        if on_fatal is not None:
+            on_fatal()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.ready, app.state.load_error, app.state.inflight_pixels = False, None, 0
+        app.state.load_failed = False
         app.state.predictor = app.state.batcher = None
         loader = asyncio.create_task(load(app))
         yield
         loader.cancel()
-        if app.state.batcher is not None:
-            await app.state.batcher.stop()
-        if app.state.predictor is not None and predictor is None:
-            app.state.predictor.close()
+        await unload(app)
 
     app = FastAPI(
         title="Defect detector", version=asset.__version__, lifespan=lifespan,
@@ -183,7 +220,12 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
     @app.exception_handler(InputError)
     async def on_input_error(request: Request, exc: InputError):
         headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return error(exc.status, KINDS.get(exc.status, "bad_request"), str(exc), headers=headers)
+        detail = str(exc)
+        if exc.log_detail:  # a library's words about the upload: the server log only, tied by an id
+            eid = error_id()
+            log.info("error %s: %s %s: %s (%s)", eid, request.method, request.url.path, detail, exc.log_detail)
+            detail = f"{detail} (error id {eid})"
+        return error(exc.status, KINDS.get(exc.status, "bad_request"), detail, headers=headers)
 
     @app.exception_handler(BodyTooLarge)
     async def on_too_large(request: Request, exc: BodyTooLarge):
@@ -233,10 +275,10 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
                                   "or multipart/form-data with a field 'image'")
         return [await request.body()]
 
-    def reserve_pixels(state, blobs: list[bytes]) -> int:
+    def reserve_pixels(state, pixels: int) -> int:
         """Refuse a request whose images hold too many pixels together (413), or that would take the pixels held by
-        all requests at once over their budget (503, retry later); else count its pixels in. Header reads only."""
-        pixels = sum(header_pixels(b) for b in blobs)
+        all requests at once over their budget (503, retry later); else count its pixels in. `pixels` comes from
+        the headers (read on a worker thread)."""
         if pixels > settings.max_batch_pixels:
             raise InputError(413, f"the images of this request hold {pixels} pixels together, over the limit of "
                                   f"{settings.max_batch_pixels} (ASSET_MAX_BATCH_PIXELS): send fewer or smaller images")
@@ -248,7 +290,8 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
 
     async def predict_many(request: Request, blobs: list[bytes], threshold: float | None, mask: str):
         state = request.app.state
-        pixels = reserve_pixels(state, blobs)
+        counted = await asyncio.to_thread(lambda: sum(header_pixels(b) for b in blobs))  # Image.open: off the loop
+        pixels = reserve_pixels(state, counted)
         try:
             return await _predict_many(request, blobs, threshold, mask)
         finally:
@@ -268,21 +311,20 @@ def create_app(settings: Settings, predictor=None) -> FastAPI:
         predictions, backend_s = await state.batcher.submit(images, announced=True)  # withdraws the expect()
         metrics.queue_depth.set(state.batcher.depth)
         done = time.perf_counter()
+        shapes = [image.shape[:2] for image in images]
+        del images  # the decoded pixels are not needed while the masks are encoded
+        # RLE / PNG / base64 of full-size masks cost tens of ms for a large image: on a worker thread, so the event
+        # loop (health probes, other clients) never waits for them
+        encoded = await asyncio.to_thread(lambda: [encode_mask(p.mask, mask == "png") for p in predictions])
         results = []
-        for image, p in zip(images, predictions):
+        for (height, width), p, (rle, png) in zip(shapes, predictions, encoded):
             t = p.threshold if threshold is None else threshold
             defective = bool(p.value >= t)  # the model's decision rule: defect fraction or decision head score
             metrics.images.labels("defective" if defective else "ok").inc()
-            rle = coco_mask.encode(np.asfortranarray(p.mask.astype(np.uint8)))
-            png = None
-            if mask == "png":
-                png = base64.b64encode(cv2.imencode(".png", p.mask.astype(np.uint8) * 255)[1].tobytes()).decode()
             results.append(PredictionResponse(
                 defective=defective, defect_fraction=float(p.defect_fraction), score=float(p.score), threshold=float(t),
-                width=int(image.shape[1]), height=int(image.shape[0]),
-                mask={"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}, mask_png=png,
-                model=state.model_ref,
-                timings=Timings(decode_ms=1000 * (decoded - t0) / len(images),
+                width=int(width), height=int(height), mask=rle, mask_png=png, model=state.model_ref,
+                timings=Timings(decode_ms=1000 * (decoded - t0) / len(shapes),
                                 queue_ms=max(0.0, 1000 * ((done - decoded) - backend_s)),
                                 inference_ms=1000 * backend_s, total_ms=1000 * (time.perf_counter() - t0)),
             ))

@@ -5,7 +5,8 @@ queued, and waits up to `max_wait` for more (up to `max_batch` images) only whil
 their way (announced with `expect()` by the handlers still decoding their images). A lone request runs at
 once (no added latency at low load); under load the batches fill, and the worker goes from one batch
 straight to the next without a round trip through the event loop. The backend is never called from two
-threads at once and the event loop stays free. A full queue is refused at once (QueueFull -> 503 +
+threads at once and the event loop stays free. When a batch of several requests fails, each request is run
+again alone, so only the one whose images fail gets the error. A full queue is refused at once (QueueFull -> 503 +
 Retry-After), never piled up.
 """
 
@@ -159,6 +160,13 @@ class DynamicBatcher:
             except Exception as exc:
                 self._deliver([(call.future, None, exc)])
 
+    def _run_alone(self, job: Job) -> tuple[asyncio.Future, object, BaseException | None]:
+        start = time.perf_counter()
+        try:
+            return job.future, (self.predict(job.images), time.perf_counter() - start), None
+        except Exception as exc:
+            return job.future, None, exc
+
     def _work(self) -> None:
         backlog: deque[Job] = deque()
         calls: list[Call] = []
@@ -173,8 +181,11 @@ class DynamicBatcher:
                 start = time.perf_counter()
                 try:
                     predictions = self.predict(images)
-                except Exception as exc:  # the backend failed: every request of the batch gets the error
-                    self._deliver([(j.future, None, exc) for j in jobs])
+                except Exception as exc:
+                    if len(jobs) == 1:
+                        self._deliver([(jobs[0].future, None, exc)])
+                    else:  # one request's images may be what failed: run each alone, so only that one fails
+                        self._deliver([self._run_alone(j) for j in jobs])
                     continue
                 elapsed = time.perf_counter() - start
                 outcomes, position = [], 0

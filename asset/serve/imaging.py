@@ -20,11 +20,13 @@ RAW_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bm
 
 
 class InputError(Exception):
-    """Bad input: `status` is the HTTP status to answer with, the message says what was wrong."""
+    """Bad input: `status` is the HTTP status to answer with, the message says what was wrong (in the server's own
+    words: a library's exception text goes to `log_detail`, for the server log only)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, log_detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.log_detail = log_detail
 
 
 def sniff(data: bytes) -> str | None:
@@ -69,9 +71,12 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(413, f"image refused as a decompression bomb ({exc})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(400, f"{kind} image does not decode ({exc})") from None
+        raise InputError(413, f"image refused as a decompression bomb: its header claims more pixels than an image "
+                              f"of this server may have ({max_pixels})", log_detail=f"{type(exc).__name__}: {exc}"
+                         ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(400, f"{kind} image does not decode: its data is truncated or corrupt",
+                         log_detail=f"{type(exc).__name__}: {exc}") from None
     if img.mode in ("RGBA", "LA", "PA", "P"):
         img = img.convert("RGB" if img.mode in ("RGBA", "PA") or img.mode == "P" else "L")
     return pil_to_array(img)

@@ -85,22 +85,53 @@ def test_exposure_warning(host, key, warned):
         assert host in message and "API KEY" in message and "CORS" in message
 
 
-def test_serve_warns_loudly_at_start_up_without_key_beyond_loopback(served_model, monkeypatch, caplog):
+def test_serve_is_closed_by_default_beyond_loopback(served_model, monkeypatch, caplog, capsys, tmp_path):
+    """No key beyond loopback: refused (exit 2) unless --allow-no-api-key says so, then warned loudly; a key (also
+    from a file), loopback, or a loopback publish (ASSET_PUBLISHED_HOST) start it."""
     import uvicorn
 
     started = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
-    for var in ("ASSET_API_KEY", "ASSET_HOST", "ASSET_MODEL"):
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: started.append(self.config))
+    for var in ("ASSET_API_KEY", "ASSET_API_KEY_FILE", "ASSET_HOST", "ASSET_MODEL", "ASSET_ALLOW_NO_API_KEY",
+                "ASSET_PUBLISHED_HOST"):
         monkeypatch.delenv(var, raising=False)
     caplog.set_level(logging.WARNING, logger="asset.serve")
-    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0", "--port", "8123"]) == 0
-    assert started and started[0]["host"] == "0.0.0.0"
+    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0", "--port", "8123"]) == 2
+    assert not started and "no API key and listening on 0.0.0.0, beyond loopback: refused" in capsys.readouterr().err
+    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0", "--port", "8123",
+                 "--allow-no-api-key"]) == 0
+    assert started and started[0].host == "0.0.0.0" and started[0].limit_concurrency == 64
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "asset.serve"]
     assert len(warnings) == 1 and "NO API KEY" in warnings[0] and "0.0.0.0" in warnings[0]
     caplog.clear()
     assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0", "--api-key", "k"]) == 0
+    key = tmp_path / "key"
+    key.write_text("from-a-file\n")
+    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0", "--api-key-file", str(key)]) == 0
     assert main(["serve", "--model", str(served_model), "--host", "127.0.0.1"]) == 0
+    monkeypatch.setenv("ASSET_PUBLISHED_HOST", "127.0.0.1")  # in a container, published on the host's loopback
+    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0"]) == 0
     assert not [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "asset.serve"]
+    monkeypatch.setenv("ASSET_PUBLISHED_HOST", "0.0.0.0")
+    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0"]) == 2
+    assert "published on 0.0.0.0 (ASSET_PUBLISHED_HOST)" in capsys.readouterr().err
+    monkeypatch.setenv("ASSET_ALLOW_NO_API_KEY", "1")
+    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0"]) == 0
+
+
+def test_api_key_file_settings(tmp_path):
+    from asset.serve.settings import SettingsError
+
+    key = tmp_path / "key"
+    key.write_text("  s3cret \n")
+    assert Settings.from_env({"ASSET_MODEL": "m", "ASSET_API_KEY_FILE": str(key)}).api_key == "s3cret"
+    key.write_text("\n")
+    with pytest.raises(SettingsError, match="is empty"):
+        Settings.from_env({"ASSET_MODEL": "m", "ASSET_API_KEY_FILE": str(key)})
+    with pytest.raises(SettingsError, match="No such file"):
+        Settings.from_env({"ASSET_MODEL": "m", "ASSET_API_KEY_FILE": str(tmp_path / "none")})
+    with pytest.raises(SettingsError, match="use 1 or 0"):
+        Settings.from_env({"ASSET_MODEL": "m", "ASSET_ALLOW_NO_API_KEY": "maybe"})
 
 
 def test_card_without_training_size_refused_at_start(served_model, tmp_path, capsys):
