@@ -392,12 +392,36 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + ex), ex / (1.0 + ex)).astype(np.float32)
 
 
+WIDE_BAND_PIXELS = 1 << 20  # pixels per band when a 16/32-bit image is scaled to 8 bits (a few MB at a time)
+
+
+def _wide_to_uint8(img: Image.Image) -> np.ndarray:
+    """A 16-bit (I;16*) or 32-bit integer (I) grayscale image -> HxW uint8, scaled by 255/65535 (x // 257) when
+    any value is above 255, else kept as it is (an 8-bit range stored wide); values outside clip to 0..255.
+
+    Band by band, in integers: the only full-size array is the uint8 result (1 byte a pixel besides Pillow's own
+    copy), where float64 copies of the whole image cost ~25 bytes a pixel (1 GB for a 40 MP PNG of 80 KB)."""
+    width, height = img.size
+    out = np.empty((height, width), dtype=np.uint8)
+    if width == 0 or height == 0:
+        return out
+    low, top = img.getextrema()
+    divisor = 257 if top > 255 else 1
+    rows = max(1, WIDE_BAND_PIXELS // width)
+    for y in range(0, height, rows):
+        band = np.asarray(img.crop((0, y, width, min(height, y + rows))))
+        if band.dtype.kind == "u" and band.dtype.itemsize <= 2:  # uint16 (either byte order): x // 257 <= 255
+            scaled = band // divisor if divisor > 1 else np.minimum(band, 255)
+        else:  # int32 ("I"): negative values and values past 16 bits clip
+            scaled = np.clip(band, 0, 65535) // divisor if divisor > 1 else np.clip(band, 0, 255)
+        out[y:y + band.shape[0]] = scaled
+    return out
+
+
 def pil_to_array(img: Image.Image) -> np.ndarray:
     """A Pillow image -> HxW uint8 (grayscale modes) or HxWx3 uint8 RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        return np.clip(arr * (255.0 / (65535.0 if top > 255 else 255.0)), 0, 255).astype(np.uint8)
+        return _wide_to_uint8(img)
     if img.mode in ("1", "L", "LA", "F"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
