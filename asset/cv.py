@@ -156,7 +156,6 @@ def threshold_on(rows: list[dict], rule: str, margin: str, pixels: int) -> float
 
 def figures(rows: list[dict], rule: str, threshold: float) -> dict:
     """accuracy, AP, AUROC, pooled pixel IoU, defects found and false alarms of scored images at a threshold."""
-    from asset import scoring
 
     return {**decided(rows, rule, [threshold] * len(rows)), "threshold": threshold}
 
