@@ -77,25 +77,78 @@ def reachable(env: dict[str, str] | None = None) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def _alive(pid: int, name: str) -> bool:
-    """The process exists and is the program we started (guards against a reused PID)."""
+def _cmdline(pid: int) -> list[str] | None:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a] or None
+
+
+def _alive(pid: int, name: str, marker: str | None = None) -> bool:
+    """The process exists, is the program we started and - with `marker` (our state folder, socket or config) -
+    carries it among its arguments: a reused PID, even one of another dockerd, is never taken for ours."""
+    if pid <= 0:
         return False
-    return Path(cmdline).name == name
+    args = _cmdline(pid)
+    if not args or Path(args[0]).name != name:
+        return False
+    return marker is None or any(marker in a for a in args[1:])
 
 
-def _stop(pid: int, name: str, grace: float = 20.0) -> None:
-    if not _alive(pid, name):
+def _stop(pid: int, name: str, grace: float = 20.0, marker: str | None = None) -> None:
+    if not _alive(pid, name, marker):
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid, name):
+    while time.monotonic() < deadline and _alive(pid, name, marker):
         time.sleep(0.2)
-    if _alive(pid, name):
+    if _alive(pid, name, marker):
         log(f"{name} ({pid}) ignored SIGTERM; killing it")
         os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid, name, marker):
+            time.sleep(0.1)
+
+
+ENGINE_PROGRAMS = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "docker-proxy")
+
+
+def _processes_using(marker: str) -> list[int]:
+    """PIDs of the engine's own programs (ENGINE_PROGRAMS: never a shell or a test that merely names the folder)
+    whose arguments name `marker`: the containerd and shims of a dockerd started with its exec root there, which
+    outlive a SIGKILLed dockerd."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        args = _cmdline(int(entry.name))
+        if args and Path(args[0]).name in ENGINE_PROGRAMS and any(marker in a for a in args):
+            out.append(int(entry.name))
+    return out
+
+
+def _kill_all(pids: list[int], grace: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and _cmdline(pid) for pid in pids):
+            time.sleep(0.1)
+
+
+def _mounts_under(*roots: Path) -> list[str]:
+    """Mount points under any of `roots` (absolute), deepest first."""
+    prefixes = [f"{Path(r).absolute()}/" for r in roots]
+    targets = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        target = line.split()[1].replace("\\040", " ")
+        if any(target.startswith(p) or f"{target}/" == p for p in prefixes):
+            targets.append(target)
+    return sorted(set(targets), key=lambda t: t.count("/"), reverse=True)
 
 
 def _read_pid(path: Path) -> int | None:
@@ -109,8 +162,8 @@ class Engine:
     """A dockerd whose every file lives in `state` (data root may be put elsewhere to keep a cache)."""
 
     def __init__(self, state: Path, data_root: Path | None = None):
-        self.state = Path(state)
-        self.data_root = Path(data_root) if data_root else self.state / "root"
+        self.state = Path(state).absolute()  # a relative --dir: /proc/mounts and the daemon see absolute paths
+        self.data_root = Path(data_root).absolute() if data_root else self.state / "root"
         self.sock = self.state / "docker.sock"
         self.pidfile = self.state / "dockerd.pid"
 
@@ -131,16 +184,19 @@ class Engine:
         # Own session: a Ctrl-C in the calling shell does not reach the daemon half-way through a stop.
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         (self.state / "dockerd.spawned").write_text(str(proc.pid))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise EngineError(f"dockerd exited ({proc.returncode}):\n{self.log_tail()}")
-            if self.sock.exists() and reachable({**os.environ, **self.env}):
-                log(f"engine up: {self.env['DOCKER_HOST']} (pid {proc.pid}, data root {self.data_root})")
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise EngineError(f"dockerd did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise EngineError(f"dockerd exited ({proc.returncode}):\n{self.log_tail()}")
+                if self.sock.exists() and reachable({**os.environ, **self.env}):
+                    log(f"engine up: {self.env['DOCKER_HOST']} (pid {proc.pid}, data root {self.data_root})")
+                    return
+                time.sleep(0.5)
+            raise EngineError(f"dockerd did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        except BaseException:  # Ctrl-C or a failure while waiting: no root dockerd is left running
+            self.stop()
+            raise
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -153,21 +209,27 @@ class Engine:
         Registry(self.state).stop()
         pid = _read_pid(self.state / "dockerd.spawned") or _read_pid(self.pidfile)
         if pid:
-            _stop(pid, "dockerd")
+            _stop(pid, "dockerd", marker=str(self.sock))
             log(f"engine stopped (pid {pid})")
         (self.state / "dockerd.spawned").unlink(missing_ok=True)
-        # dockerd leaves its default network namespace bind-mounted in the exec root.
-        for line in Path("/proc/mounts").read_text().splitlines():
-            target = line.split()[1]
-            if target.startswith(f"{self.state}/"):
-                subprocess.run(["umount", target], capture_output=True)
+        # After a SIGKILL (or a crash) its containerd and the container shims live on: every process whose
+        # arguments name this state folder is ours to stop.
+        leftovers = _processes_using(str(self.state) + "/")
+        if leftovers:
+            log(f"stopping {len(leftovers)} leftover process(es) of this engine (containerd, shims): {leftovers}")
+            _kill_all(leftovers)
+        # dockerd leaves its network namespace bind-mounted in the exec root, and a killed one its containers'
+        # overlay mounts in the data root: unmount them, deepest first (lazily if busy).
+        for target in _mounts_under(self.state, self.data_root):
+            if subprocess.run(["umount", target], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 class Registry:
     """Debian's docker-registry (Docker distribution 2.8) on loopback; its data in the state folder."""
 
     def __init__(self, state: Path):
-        self.state = Path(state)
+        self.state = Path(state).absolute()
         self.pidfile = self.state / "registry.pid"
 
     @property
@@ -179,7 +241,7 @@ class Registry:
 
     def start(self, port: int = 0, timeout: float = 30.0) -> str:
         install_packages()
-        if self.address and _alive(_read_pid(self.pidfile) or -1, "docker-registry"):
+        if self.address and _alive(_read_pid(self.pidfile) or -1, "docker-registry", str(self.state)):
             return self.address
         self.state.mkdir(parents=True, exist_ok=True)
         port = port or _free_port()
@@ -203,13 +265,13 @@ class Registry:
                     return address
             except (urllib.error.URLError, OSError):
                 time.sleep(0.3)
-        _stop(proc.pid, "docker-registry")
+        _stop(proc.pid, "docker-registry", marker=str(self.state))
         raise EngineError(f"docker-registry did not answer on {address} within {timeout:.0f} s")
 
     def stop(self) -> None:
         pid = _read_pid(self.pidfile)
         if pid:
-            _stop(pid, "docker-registry", grace=10)
+            _stop(pid, "docker-registry", grace=10, marker=str(self.state))
             log(f"registry stopped (pid {pid})")
         self.pidfile.unlink(missing_ok=True)
         (self.state / "registry.json").unlink(missing_ok=True)
@@ -266,12 +328,46 @@ def _debian_mirror() -> str:
     raise EngineError("no Debian archive in /etc/apt/sources*: cannot fetch a newer qemu-user")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_qemu(cache: Path) -> Path | None:
+    """The cached qemu-aarch64 when it is exactly what was extracted from the apt-verified package: its SHA-256
+    recorded beside it at fetch time, the file and its folder writable by its owner only (it is run as root and
+    registered for every arm64 binary of the machine). None when absent; EngineError when it was changed."""
+    exe, record = cache / "qemu-aarch64", cache / "qemu-aarch64.sha256"
+    if not exe.exists():
+        return None
+    for path in (cache, exe):
+        st = path.stat()
+        if st.st_mode & 0o022 or st.st_uid != os.geteuid():
+            raise EngineError(f"{path} is writable by others or owned by another user: refusing to run the cached "
+                              f"QEMU as root (remove {cache} to fetch it again)")
+    try:
+        expected = record.read_text().split()[0]
+    except (OSError, IndexError):
+        return None  # cached by an older version, without a record: fetched again
+    if _sha256(exe) != expected:
+        raise EngineError(f"{exe} does not match the SHA-256 recorded when it was fetched ({record}): it was changed; "
+                          f"remove {cache} to fetch it again")
+    return exe
+
+
 def newer_qemu() -> Path:
-    """A qemu-aarch64 >= MIN_QEMU: Debian trixie's static qemu-user, fetched with apt into the cache once."""
+    """A qemu-aarch64 >= MIN_QEMU: Debian trixie's static qemu-user, fetched with apt (signed index, package hash
+    checked) into the cache once; the extracted binary's SHA-256 is recorded and checked at every later use."""
     cache = Path(os.environ.get("DEFECT_CI_CACHE") or Path.home() / ".cache/defect-ci") / "qemu"
     exe = cache / "qemu-aarch64"
-    if exe.exists() and (qemu_version(exe) or (0, 0)) >= MIN_QEMU:
-        return exe
+    cached = cached_qemu(cache)
+    if cached is not None and (qemu_version(cached) or (0, 0)) >= MIN_QEMU:
+        return cached
     with tempfile.TemporaryDirectory(prefix="defect-qemu-") as tmp:
         work = Path(tmp)
         (work / "lists/partial").mkdir(parents=True)
@@ -287,10 +383,16 @@ def newer_qemu() -> Path:
                 raise EngineError(f"{' '.join(cmd[:1] + cmd[-2:])} failed:\n{result.stderr[-2000:]}")
         deb = next(work.glob("qemu-user_*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        staged = cache / f".qemu-aarch64.{os.getpid()}"
+        cache.mkdir(parents=True, exist_ok=True, mode=0o755)
+        staged = Path(tempfile.mkstemp(prefix=".qemu-aarch64.", dir=cache)[1])
         shutil.copy2(work / "x/usr/bin/qemu-aarch64", staged)
+        os.chmod(staged, 0o755)
+        digest = _sha256(staged)
         os.replace(staged, exe)
+        record = cache / "qemu-aarch64.sha256"
+        staged_record = Path(tempfile.mkstemp(prefix=".qemu-aarch64.sha256.", dir=cache)[1])
+        staged_record.write_text(f"{digest}  qemu-aarch64 (from {deb.name})\n")
+        os.replace(staged_record, record)
     if (qemu_version(exe) or (0, 0)) < MIN_QEMU:
         raise EngineError(f"{exe} does not report QEMU >= {MIN_QEMU[0]}.{MIN_QEMU[1]}")
     return exe

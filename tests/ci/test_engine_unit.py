@@ -1,0 +1,133 @@
+"""ci/engine.py's process and cache handling without starting a Docker engine (issue 27): a PID is only ours when
+the process also names our state folder, the engine's leftover containerd and shims are stopped after a SIGKILL,
+a Ctrl-C while the daemon starts leaves none running, a relative --dir works, and the cached QEMU binary is run
+only when it matches the checksum recorded when it was fetched. The engine itself: tests/containers/test_engine.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("ci_engine", REPO / "ci" / "engine.py")
+engine = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(engine)
+
+
+POPEN = subprocess.Popen
+
+
+def fake(program: str, *args: str) -> subprocess.Popen:
+    """A process whose argv[0] is `program` and whose arguments are `args` (Python sleeping underneath)."""
+    return POPEN([program, "-c", "import time; time.sleep(120)", *args], executable=sys.executable)
+
+
+def gone(proc: subprocess.Popen, timeout: float = 30) -> bool:
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def test_a_pid_is_ours_only_with_our_state_folder(tmp_path):
+    other = fake("dockerd", "-H", f"unix://{tmp_path / 'other' / 'docker.sock'}")
+    try:
+        assert engine._alive(other.pid, "dockerd")  # the program name alone: what was checked before
+        assert not engine._alive(other.pid, "dockerd", str(tmp_path / "mine" / "docker.sock"))
+        mine = engine.Engine(tmp_path / "mine")
+        mine.state.mkdir()
+        (mine.state / "dockerd.spawned").write_text(str(other.pid))  # our PID, reused by another engine
+        mine.stop()
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_stop_after_sigkill_leaves_no_engine_process(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    containerd = fake("containerd", "--config", f"{state}/exec/containerd/containerd.toml")
+    shim = fake("containerd-shim-runc-v2", "-namespace", "moby", "-address", f"{state}/exec/containerd.sock")
+    bystander = fake("bash", f"{state}/notes")  # names the folder but is not the engine's: left alone
+    try:
+        time.sleep(0.2)
+        engine.Engine(state).stop()  # dockerd itself is already gone (SIGKILL): no PID file left
+        assert gone(containerd) and gone(shim)
+        assert bystander.poll() is None
+    finally:
+        for p in (containerd, shim, bystander):
+            p.kill()
+            p.wait()
+
+
+def test_a_relative_dir_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    e = engine.Engine(Path("rel"))
+    assert e.state == tmp_path / "rel" and e.sock.is_absolute() and e.data_root.is_absolute()
+    assert engine.Registry(Path("rel")).state.is_absolute()
+
+
+def test_ctrl_c_while_the_daemon_starts_leaves_none_running(tmp_path, monkeypatch):
+    e = engine.Engine(tmp_path / "state")
+    spawned = []
+
+    def popen(cmd, **kw):
+        proc = fake("dockerd", *cmd[1:])
+        spawned.append(proc)
+        return proc
+
+    def interrupted(env=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(engine, "install_packages", lambda: None)
+    monkeypatch.setattr(engine.subprocess, "Popen", popen)
+    monkeypatch.setattr(engine, "reachable", interrupted)
+    e.state.mkdir()
+    e.sock.touch()
+    with pytest.raises(KeyboardInterrupt):
+        e.start(timeout=60)
+    assert gone(spawned[0])
+
+
+def test_the_cached_qemu_must_match_its_recorded_checksum(tmp_path):
+    cache = tmp_path / "qemu"
+    cache.mkdir(mode=0o755)
+    cache.chmod(0o755)
+    assert engine.cached_qemu(cache) is None
+    exe = cache / "qemu-aarch64"
+    exe.write_bytes(b"\x7fELF the real one")
+    exe.chmod(0o755)
+    assert engine.cached_qemu(cache) is None  # no record (an older cache): fetched again
+    (cache / "qemu-aarch64.sha256").write_text(f"{engine._sha256(exe)}  qemu-aarch64 (from qemu-user_10.deb)\n")
+    assert engine.cached_qemu(cache) == exe
+    exe.write_bytes(b"\x7fELF something else")
+    with pytest.raises(engine.EngineError, match="does not match the SHA-256 recorded"):
+        engine.cached_qemu(cache)
+    (cache / "qemu-aarch64.sha256").write_text(f"{engine._sha256(exe)}  qemu-aarch64\n")
+    exe.chmod(0o777)
+    with pytest.raises(engine.EngineError, match="writable by others"):
+        engine.cached_qemu(cache)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/proc/mounts").exists(), reason="mounting needs root")
+def test_stop_unmounts_what_is_left_under_the_state_and_data_root(tmp_path):
+    state, data = tmp_path / "state", tmp_path / "data"
+    target = data / "overlay2" / "x" / "merged"
+    target.mkdir(parents=True)
+    state.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(target)], capture_output=True).returncode != 0:
+        pytest.skip("tmpfs cannot be mounted here")
+    try:
+        engine.Engine(state, data).stop()
+        assert str(target) not in Path("/proc/mounts").read_text()
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True)
