@@ -17,10 +17,23 @@ bounds the cost of an image by it)}, thresholds{pixel, image, image_calibration}
 version, path, splits}, training{...}, metrics{split: {...}}, versions{library: version},
 weights (file name), exports{name: {...}}.
 
-Checksums cover every file except SHA256SUMS itself, `checkpoints/` (they change while a run is
-resumed and are not needed to use the model), `evaluations/` and temporary files. `verify` refuses
-a directory whose listed files are missing or differ, or whose model.json has another format.
-Writers call `record(...)` / `write_card(...)`, which rewrite model.json and SHA256SUMS atomically.
+Checksums cover every file except SHA256SUMS itself, the lock file `.lock`, `checkpoints/` (they change while a
+run is resumed and are not needed to use the model), `evaluations/` and temporary files. `verify` refuses a
+directory whose listed files are missing or differ, whose model.json has another format, or whose model.json names a
+file (weights, config, an export and, for an export that is a directory, every file in it) that SHA256SUMS does not
+cover: nothing is loaded unverified.
+Writers call `record(...)` / `write_card(...)` / `install_export(...)`, which rewrite model.json and SHA256SUMS
+atomically (temporary file, fsync, os.replace, fsync of the directory) while holding the directory's lock
+(`locked`: fcntl.flock on MODEL_DIR/.lock, exclusive for writers); `verify` holds it shared where the lock file
+exists, so a reader never sees an export installed and its checksum not yet written. Two writers (two concurrent
+`asset export`) therefore take turns and both end recorded.
+
+Re-exporting a format (`install_export`): the new file is verified before anything is touched, then, under the lock,
+the directory as it stands is verified, the staged file (or directory) is fsynced and moved over the old one (a
+directory is swapped with renameat2(RENAME_EXCHANGE) where the file system has it), and model.json and SHA256SUMS
+are rewritten with the export's entries replaced. Until then the old export is what readers load and verify. A
+crash between the move and the SHA256SUMS rename (two renames apart) leaves the export's checksum stale: `verify`
+names the file; exporting that format again repairs it.
 
 Every path read from model.json (weights, training.config, exports.*.file) or SHA256SUMS must stay inside the
 directory: an absolute path, a `..` or a symlink leading out is refused (`inside`), so a crafted card cannot
@@ -35,11 +48,15 @@ registry of formats on the same table.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -47,6 +64,7 @@ FORMAT = "defect-model/1"
 CARD = "model.json"
 WEIGHTS = "weights.pt"
 CHECKSUMS = "SHA256SUMS"
+LOCK = ".lock"  # fcntl.flock'ed by writers (exclusive) and verify (shared); never checksummed
 UNCHECKED_DIRS = ("checkpoints", "evaluations")
 TMP_PREFIX = ".tmp-"
 
@@ -154,8 +172,44 @@ def find_export(card: dict, model_dir: Path, keys) -> tuple[str, dict, Path] | N
 
 
 # ---------------------------------------------------------------------- atomic writes
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that a rename or a new entry in it survives a power cut (no-op where a directory
+    cannot be opened, e.g. on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems do not fsync directories; the data itself was synced
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and directory under a directory (a staged export, before it is moved into
+    place)."""
+    path = Path(path)
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                fsync_tree(p)
+            elif p.is_dir():
+                fsync_dir(p)
+        fsync_dir(path)
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then os.replace: readers never see half a file."""
+    """Write to a temporary file beside `path`, fsync, os.replace, fsync the directory: readers never see half a
+    file, and after a power cut the file is the old one or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
@@ -168,6 +222,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -190,6 +245,56 @@ def _json_default(obj):
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------- the directory's lock
+_held = threading.local()  # {resolved model dir: depth} of the locks this thread holds (re-entrant per thread)
+
+
+@contextlib.contextmanager
+def locked(model_dir: Path, exclusive: bool = True) -> Iterator[None]:
+    """Hold MODEL_DIR/.lock: exclusive (writers: created if missing) or shared (readers: only where the file
+    exists and opens, so a read-only mount of a directory never written by this version still reads).
+    Re-entrant within a thread; two threads or processes take turns. flock, not fcntl record locks: a lock
+    belongs to its open file, so closing another descriptor of the file does not drop it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no concurrent writers supported there
+        yield
+        return
+    model_dir = Path(model_dir)
+    key = str(model_dir.resolve())
+    depth = getattr(_held, "dirs", None)
+    if depth is None:
+        depth = _held.dirs = {}
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield
+        finally:
+            depth[key] -= 1
+        return
+    path = model_dir / LOCK
+    try:
+        if exclusive:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        else:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exclusive:
+            raise ModelDirError(f"{model_dir}: cannot create its lock file {LOCK} ({exc.strerror}): the directory "
+                                "must be writable to record an export") from None
+        yield  # no lock file (never written by a locking writer) or not readable: nothing to wait for
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        depth[key] = 1
+        try:
+            yield
+        finally:
+            depth.pop(key, None)
+    finally:
+        os.close(fd)  # releases the flock
 
 
 # ---------------------------------------------------------------------- containment
@@ -243,7 +348,7 @@ def checked_files(model_dir: Path) -> list[str]:
         if not p.is_file():
             continue
         rel = p.relative_to(model_dir)
-        if rel.as_posix() == CHECKSUMS or rel.parts[0] in UNCHECKED_DIRS or any(
+        if rel.as_posix() in (CHECKSUMS, LOCK) or rel.parts[0] in UNCHECKED_DIRS or any(
             part.startswith(TMP_PREFIX) for part in rel.parts
         ):
             continue
@@ -255,8 +360,9 @@ def compute_checksums(model_dir: Path) -> dict[str, str]:
     return {rel: sha256_file(Path(model_dir) / rel) for rel in checked_files(model_dir)}
 
 
-def write_checksums(model_dir: Path) -> dict[str, str]:
-    sums = compute_checksums(model_dir)
+def write_checksums(model_dir: Path, sums: dict[str, str] | None = None) -> dict[str, str]:
+    """Write SHA256SUMS: `sums` as given, else computed over the whole directory."""
+    sums = compute_checksums(model_dir) if sums is None else dict(sorted(sums.items()))
     write_text_atomic(Path(model_dir) / CHECKSUMS, "".join(f"{h}  {rel}\n" for rel, h in sums.items()))
     return sums
 
@@ -309,15 +415,45 @@ def read_card_unverified(model_dir: Path) -> dict:
     return card
 
 
+def export_files(model_dir: Path, rel: str) -> list[str]:
+    """The files an export recorded as `rel` consists of: the file, and for an export that is a directory of its
+    own under exports/ (OpenVINO: model.xml + model.bin) every file in that directory (temporary files aside)."""
+    parent = PurePosixPath(rel).parent
+    if parent.as_posix() in (".", EXPORTS_DIR) or parent.parts[:1] != (EXPORTS_DIR,):
+        return [rel]
+    d = Path(model_dir) / parent
+    found = [p.relative_to(model_dir).as_posix() for p in sorted(d.rglob("*"))
+             if p.is_file() and not any(part.startswith(TMP_PREFIX) for part in p.relative_to(d).parts)] \
+        if d.is_dir() else []
+    return sorted(set(found) | {rel})
+
+
+def required_files(model_dir: Path, card: dict) -> list[str]:
+    """Every file the card makes a reader load, which SHA256SUMS must therefore cover."""
+    out = [CARD]
+    for what, rel in card_paths(card):
+        out.extend(export_files(model_dir, rel) if what.startswith("model.json exports") else [rel])
+    return list(dict.fromkeys(out))
+
+
 def verify(model_dir: Path) -> dict:
     """Check format and checksums; returns the card. Raises ModelDirError naming the bad files."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: no such model directory")
+    with locked(model_dir, exclusive=False):
+        return _verify(model_dir)
+
+
+def _verify(model_dir: Path) -> dict:
     card = read_card_unverified(model_dir)
     sums = read_checksums(model_dir)
-    required = [CARD, card.get("weights", WEIGHTS)]
-    missing_entries = [r for r in required if r not in sums]
+    missing_entries = [r for r in required_files(model_dir, card) if r not in sums]
     if missing_entries:
-        raise ModelDirError(f"{model_dir}: {CHECKSUMS} does not cover {missing_entries}")
+        raise ModelDirError(
+            f"{model_dir}: {CHECKSUMS} does not cover {missing_entries}, which model.json names: refused rather than "
+            "loaded unverified (a file added or an export recorded by hand, or an interrupted write; export that "
+            "format again, or restore the directory from a backup)")
     bad, missing = [], []
     for rel, expected in sums.items():
         p = model_dir / rel
@@ -335,26 +471,126 @@ def verify(model_dir: Path) -> dict:
 
 
 def write_card(model_dir: Path, card: dict) -> None:
-    """Write model.json (atomically) and rewrite SHA256SUMS over the directory."""
+    """Write model.json (atomically) and rewrite SHA256SUMS over the directory, under the directory's lock."""
     card = dict(card)
     card["format"] = FORMAT
-    write_json_atomic(card_path(model_dir), card)
-    write_checksums(model_dir)
+    with locked(model_dir):
+        write_json_atomic(card_path(model_dir), card)
+        write_checksums(model_dir)
 
 
 def record(model_dir: Path, section: str, value, key: str | None = None, verify_first: bool = True) -> dict:
     """Record `value` into model.json (card[section] = value, or card[section][key] = value), then rewrite
-    the checksums (covering any new files, e.g. an export written beside). Returns the new card.
+    the checksums (covering any new files, e.g. an export written beside). Returns the new card. The read, the
+    change and the write happen under the directory's lock: two concurrent records both end in model.json.
 
     Example: record(d, "exports", {"file": "exports/model.onnx", "opset": 17}, key="onnx")."""
-    card = verify(model_dir) if verify_first else read_card_unverified(model_dir)
-    if key is None:
-        card[section] = value
+    with locked(model_dir):
+        card = verify(model_dir) if verify_first else read_card_unverified(model_dir)
+        if key is None:
+            card[section] = value
+        else:
+            sub = card.get(section)
+            if not isinstance(sub, dict):
+                sub = {}
+            sub[key] = value
+            card[section] = sub
+        write_card(model_dir, card)
+    return card
+
+
+# ---------------------------------------------------------------------- installing an export
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system or file system has
+    no such call (the caller then moves them one after the other)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _move_into_place(staged: Path, target: Path) -> None:
+    """os.replace for a file; for a directory, swap it with the old one (atomically where possible), then remove
+    the old one. The parent directory is fsynced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if staged.is_dir() and target.exists():
+        if _exchange(staged, target):
+            old = staged  # now holds the old export
+        else:
+            old = target.with_name(f"{TMP_PREFIX}old-{target.name}")
+            _remove(old)
+            os.replace(target, old)
+            os.replace(staged, target)
+        fsync_dir(target.parent)
+        _remove(old)
     else:
-        sub = card.get(section)
-        if not isinstance(sub, dict):
-            sub = {}
-        sub[key] = value
-        card[section] = sub
-    write_card(model_dir, card)
+        os.replace(staged, target)
+    fsync_dir(target.parent)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def install_export(model_dir: Path, key: str, staged: Path, entry: dict) -> dict:
+    """Install the verified `staged` file (or directory, which becomes the directory of the export's file) as
+    export `key` and record `entry` as model.json exports[key]; returns the new card.
+
+    Under the directory's exclusive lock: the directory as it stands is verified (nothing is touched if it is
+    already bad), the staged export is fsynced and moved over the old one, then model.json and SHA256SUMS are
+    rewritten, the export's old checksums replaced by the new files' and every other entry kept as verified."""
+    model_dir, staged = Path(model_dir), Path(staged)
+    if key not in EXPORT_KINDS:
+        raise ModelDirError(f"unknown export {key!r}; valid: {', '.join(EXPORT_KINDS)}")
+    rel = entry.get("file") or EXPORT_KINDS[key].file
+    is_dir = staged.is_dir()
+    target_rel = PurePosixPath(rel).parent.as_posix() if is_dir else rel
+    if is_dir and PurePosixPath(target_rel).parts[:1] != (EXPORTS_DIR,) or target_rel == EXPORTS_DIR:
+        raise ModelDirError(f"export {key!r}: a staged directory installs as a directory of its own under "
+                            f"{EXPORTS_DIR}/, not as {target_rel!r}")
+    target = inside(model_dir, target_rel, f"export {key!r}")
+    if is_dir and not (staged / PurePosixPath(rel).name).is_file():
+        raise ModelDirError(f"staged export {staged} has no {PurePosixPath(rel).name}")
+    with locked(model_dir):
+        card = verify(model_dir)
+        sums = read_checksums(model_dir)
+        old = (card.get("exports") or {}).get(key)
+        dropped = {rel, target_rel}
+        if isinstance(old, dict) and isinstance(old.get("file"), str):
+            dropped.update(export_files(model_dir, old["file"]))
+        fsync_tree(staged)
+        _move_into_place(staged, target)
+        sums = {r: h for r, h in sums.items()
+                if r not in dropped and not (is_dir and r.startswith(target_rel + "/"))}
+        for f in export_files(model_dir, rel):
+            sums[f] = sha256_file(model_dir / f)
+        exports = card.get("exports") if isinstance(card.get("exports"), dict) else {}
+        card["exports"] = {**exports, key: entry}
+        card["format"] = FORMAT
+        write_json_atomic(card_path(model_dir), card)
+        sums[CARD] = sha256_file(card_path(model_dir))
+        write_checksums(model_dir, sums)
     return card

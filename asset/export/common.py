@@ -2,9 +2,10 @@
 staging inside the model directory, the atomic install and the model.json record.
 
 Every export is staged under MODEL_DIR/exports/.tmp-* (skipped by the checksums), verified
-(`asset.export.verify.compare`), moved into place with os.replace and recorded (model.json + SHA256SUMS) by
-`install_and_record`; staged files left by a failure are removed when the Context closes, so a failed export
-writes nothing.
+(`asset.export.verify.compare`), then moved into place and recorded (model.json + SHA256SUMS) by
+`install_and_record` (`asset.modeldir.install_export`: under the directory's lock, after verifying the directory as
+it stands; a re-export replaces the old export's file and checksums together, and until then the old export is the
+one served); staged files left by a failure are removed when the Context closes, so a failed export writes nothing.
 """
 
 from __future__ import annotations
@@ -106,39 +107,26 @@ def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def install(model_dir: Path, staged: Path, rel: str) -> Path:
-    """Move a staged file or directory to MODEL_DIR/rel (os.replace; a directory replaces the old one whole)."""
-    target = Path(model_dir) / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if staged.is_dir():
-        old = None
-        if target.exists():
-            old = target.with_name(f"{modeldir.TMP_PREFIX}old-{target.name}")
-            remove(old)
-            os.replace(target, old)
-        os.replace(staged, target)
-        if old is not None:
-            remove(old)
-    else:
-        os.replace(staged, target)
-    return target
+def staged_bytes(staged: Path) -> int:
+    """Size of a staged file, or of every file under a staged directory."""
+    staged = Path(staged)
+    return sum(p.stat().st_size for p in staged.rglob("*") if p.is_file()) if staged.is_dir() \
+        else staged.stat().st_size
 
 
 def install_and_record(model_dir: Path, key: str, staged: Path, *, facts: dict, figures: dict, versions: dict,
                        started: float, log: Callable[[str], None]) -> dict:
     """Install the verified `staged` export as EXPORT_KINDS[key] (a staged directory becomes the directory of its
-    file) and record it in model.json exports[key]. Returns the entry."""
+    file) and record it in model.json exports[key], atomically with the SHA256SUMS update and under the directory's
+    lock (`modeldir.install_export`). Returns the entry."""
     model_dir = Path(model_dir)
     kind = modeldir.EXPORT_KINDS[key]
-    rel = str(Path(kind.file).parent.as_posix()) if staged.is_dir() else kind.file
-    target = install(model_dir, staged, rel)
-    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if target.is_dir() \
-        else target.stat().st_size
+    size = staged_bytes(staged)
     entry = {"file": kind.file, "format": kind.format, "precision": kind.precision, "backend": kind.backend,
              "bytes": size, "created": modeldir.now_iso(), "seconds": round(time.perf_counter() - started, 1),
              "machine": platform.machine(), **facts, "verification": figures, "versions": versions}
-    modeldir.record(model_dir, "exports", entry, key=key)
-    log(f"wrote {target} ({size / 1e6:.1f} MB) and recorded it in model.json exports[{key!r}]")
+    modeldir.install_export(model_dir, key, staged, entry)
+    log(f"wrote {model_dir / kind.file} ({size / 1e6:.1f} MB) and recorded it in model.json exports[{key!r}]")
     return entry
 
 

@@ -31,7 +31,6 @@ offer only those names (tests/asset/test_trt_build.py), so a removed API fails a
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ import numpy as np
 from asset import modeldir
 from asset.algorithm import Algorithm
 from asset.backends.base import parse_device
+from asset.export.common import install_and_record
 from asset.export.formats import ExportError, check_arguments
 from asset.export.verify import compare
 
@@ -307,7 +307,7 @@ def export_engine(model_dir: str | os.PathLike, *, data=None, device: str = "cud
     shapes = [algorithm.preprocess([img])[0].shape for img in inputs[2]]
     opt = shapes[0]
     max_hw = (max(s[2] for s in shapes), max(s[3] for s in shapes))
-    key, rel = f"tensorrt-{precision}", f"exports/model-{precision}.engine"
+    key = f"tensorrt-{precision}"
     staged = [_stage(model_dir, f"model-{precision}.engine")]
     tmp = staged[0]
     try:
@@ -342,17 +342,13 @@ def export_engine(model_dir: str | os.PathLike, *, data=None, device: str = "cud
         finally:
             engine.close()
             reference.close()
-        os.replace(tmp, model_dir / rel)
+        # verified: install and record it together, under the directory's lock (the old engine, if any, stays
+        # in place and recorded until this point)
+        return install_and_record(model_dir, key, tmp, facts={**source, **facts}, figures=figures,
+                                  versions=_versions(), started=t0, log=log)
     finally:
         for path in staged:
             path.unlink(missing_ok=True)
-    size = (model_dir / rel).stat().st_size
-    entry = {"file": rel, "format": "tensorrt", "precision": precision, "backend": "tensorrt", "bytes": size,
-             "created": modeldir.now_iso(), "seconds": round(time.perf_counter() - t0, 1),
-             "machine": platform.machine(), **source, **facts, "verification": figures, "versions": _versions()}
-    modeldir.record(model_dir, "exports", entry, key=key)
-    log(f"wrote {model_dir / rel} ({size / 1e6:.1f} MB) and recorded it in model.json exports[{key!r}]")
-    return entry
 
 
 def export(model_dir: Path, *, precision: str, data, device: str, log, options: dict) -> dict:
