@@ -219,7 +219,13 @@ def _check_same_plan(out: Path, plan: dict) -> None:
     path = out / "plan.json"
     if not path.is_file():
         return
+    from asset.config import ConfigError, deep_merge, load_default
+
     old = json.loads(path.read_text())
+    try:  # keys added to the defaults since (a newer version) take their default values
+        old["config"] = deep_merge(load_default(), old.get("config") or {})
+    except ConfigError:
+        pass  # a key since removed: the comparison below says the configs differ
     for key in ("dataset", "folds", "seeds", "val_fraction", "config"):
         if old.get(key) != json.loads(json.dumps(plan[key])):
             raise CVError(f"{out} holds a cross-validation with another {key} ({path}); resume it with the same "
