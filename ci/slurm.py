@@ -171,6 +171,7 @@ class Cluster:
         self.state = Path(state).resolve()
         self.conf = self.state / "slurm.conf"
         self.munge_socket = self.state / "munge" / "munge.socket"
+        self._procs: dict[str, subprocess.Popen] = {}
 
     @property
     def env(self) -> dict[str, str]:
@@ -227,10 +228,12 @@ class Cluster:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, **self.env})
         (self.state / f"{name}.spawned").write_text(str(proc.pid))
+        self._procs[name] = proc
 
     def _check_running(self, name: str, logname: str) -> None:
-        pid = _read_pid(self.state / f"{name}.spawned")
-        if not pid or not _alive(pid, name):
+        # poll(), not the command line: right after the fork the child still shows this program's name
+        proc = self._procs.get(name)
+        if proc is None or proc.poll() is not None:
             raise SlurmError(f"{name} exited:\n{self.log_tail(f'{name}.out')}\n{self.log_tail(logname)}")
 
     def _wait_idle(self, timeout: float) -> None:
@@ -277,8 +280,18 @@ class Cluster:
                     break
                 time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
-            pid = _read_pid(self.state / f"{name}.spawned")
-            if pid:
+            proc = self._procs.pop(name, None)
+            if proc is not None:  # started by this object: its Popen knows, even before the exec shows its name
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        log(f"{name} ({proc.pid}) ignored SIGTERM; killing it")
+                        proc.kill()
+                        proc.wait()
+                log(f"{name} stopped (pid {proc.pid})")
+            elif pid := _read_pid(self.state / f"{name}.spawned"):  # started by `up` in another process
                 _stop(pid, name)
                 log(f"{name} stopped (pid {pid})")
             (self.state / f"{name}.spawned").unlink(missing_ok=True)
