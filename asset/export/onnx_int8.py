@@ -85,13 +85,15 @@ def fp32_tail(model) -> list[str]:
     """Names of the nodes after the last convolution(s) on the way to the graph outputs, which stay FP32: whatever
     a model computes after its segmentation head (a decision head's image logit broadcast and concatenated as a
     second output channel, a pooling, a Gemm) is tiny, and 8-bit steps there would shift the image decision. For an
-    output made by a convolution itself (the plain segmentation head) the tail is empty."""
+    output made by a convolution itself (the plain segmentation head) the tail is empty. A node that also feeds a
+    convolution belongs to the quantised trunk, not to the tail."""
     producer = {o: n for n in model.graph.node for o in n.output}
+    feeds_conv = {i for n in model.graph.node if n.op_type in SPATIAL_OPS for i in n.input}
     tail, seen = [], set()
     todo = [o.name for o in model.graph.output]
     while todo and len(tail) < TAIL_LIMIT:
         node = producer.get(todo.pop())
-        if node is None or node.name in seen or node.op_type in SPATIAL_OPS:
+        if node is None or node.name in seen or node.op_type in SPATIAL_OPS or feeds_conv.intersection(node.output):
             continue
         seen.add(node.name)
         tail.append(node.name)

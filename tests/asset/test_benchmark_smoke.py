@@ -35,7 +35,7 @@ def test_bench_smoke_produces_every_row(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert (REPO / "README.md").read_text() == readme  # the smoke run renders the table, never writes it
     assert "would write the benchmark table into" in r.stderr
-    rows = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")][1:]  # after the header
     wanted = ["datatool convert", "asset training (Lightning vs plain loop)"]
     for model in ("MobileNetV2-Unet", "MobileNetV2-Linknet"):
         wanted += [f"{model}: our ONNX Runtime backend vs bare", f"{model}: ONNX Runtime vs PyTorch eager",

@@ -35,8 +35,8 @@ def test_oversampling_draws_the_asked_share_of_defective_images(rare_dataset):
     assert flags.mean() == pytest.approx(0.5, abs=0.1) and share == pytest.approx(0.8, abs=0.03)
     assert len(set(draws.tolist())) == len(flags)  # every image is still drawn
     # the loader draws through the sampler, and the same seed gives the same order
-    loader_ids = [int(i) for _, _, idx in dm.train_dataloader() for i in idx]
-    again = [int(i) for _, _, idx in _module(rare_dataset, 0.8).train_dataloader() for i in idx]
+    loader_ids = [int(i) for _, _, idx, *_ in dm.train_dataloader() for i in idx]
+    again = [int(i) for _, _, idx, *_ in _module(rare_dataset, 0.8).train_dataloader() for i in idx]
     assert loader_ids == again and len(loader_ids) == len(flags)
     assert _module(rare_dataset, None).train_sampler() is None
 
