@@ -17,12 +17,12 @@ stage's own status is returned unchanged. `notify` reads those files (CI jobs ha
 artifacts) and mails the failed ones through ci/notify.py.
 
 Images are tagged REGISTRY/<repo>:<platform>-<commit> and pushed with REGISTRY/<repo>:latest-<platform>,
-where <repo> and REGISTRY come from ci/docker-bake.hcl (REGISTRY=... in the environment overrides its
+where <repo> and REGISTRY come from ci/docker-bake.json (REGISTRY=... in the environment overrides its
 default, as bake does) and <platform> is the platform image's name (x86-cpu, rpi4, ...) or, for images
 built for several architectures (datatools), the architecture (amd64, arm64).
 Environment: DOCKER (the client; default: one that can build with BuildKit), PIPELINE_BUILDER
 (auto|bake|docker), REGISTRY, REGISTRY_USER/REGISTRY_PASSWORD (docker login before pushing),
-PIPELINE_COMMIT/PIPELINE_BRANCH, PIPELINE_BAKE_FILE (default ci/docker-bake.hcl),
+PIPELINE_COMMIT/PIPELINE_BRANCH, PIPELINE_BAKE_FILE (default ci/docker-bake.json),
 PIPELINE_BUILD_NETWORK (e.g. host), PIPELINE_OFFLINE=1 (build from local stand-in bases and a
 host-made wheelhouse, with no network: machines that cannot pull).
 Standard library only.
@@ -49,8 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bake_file() -> Path:
-    """ci/docker-bake.hcl, or $PIPELINE_BAKE_FILE (relative to the repository, HCL or JSON)."""
-    return REPO / os.environ.get("PIPELINE_BAKE_FILE", "ci/docker-bake.hcl")
+    """ci/docker-bake.json, or $PIPELINE_BAKE_FILE (relative to the repository, JSON)."""
+    return REPO / os.environ.get("PIPELINE_BAKE_FILE", "ci/docker-bake.json")
 
 
 class PipelineError(RuntimeError):

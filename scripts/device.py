@@ -11,7 +11,7 @@ its image, so the host needs Python 3 and `docker` (scripts/requirements-device.
 
 Steps: detect the device (x86-64 with or without the NVIDIA runtime, Jetson + L4T release from
 /etc/nv_tegra_release, Raspberry Pi from /proc/device-tree/model, other arm64) -> platform image
-REGISTRY/asset:PLATFORM-TAG (ci/docker-bake.hcl) -> check the model directory has an export that image runs ->
+REGISTRY/asset:PLATFORM-TAG (ci/docker-bake.json) -> check the model directory has an export that image runs ->
 pull with per-layer progress -> check the image's architecture -> start the server container (model directory
 mounted read-only, nvidia runtime where needed, restart policy, port) -> wait for /readyz -> print the URL.
 A container that does not become ready is removed; an update that fails puts the previous container back.
@@ -45,7 +45,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_REPO = "asset"  # ${REGISTRY}/asset:<platform>-<tag> (ci/docker-bake.hcl); the pipeline also pushes latest-<platform>
+IMAGE_REPO = "asset"  # ${REGISTRY}/asset:<platform>-<tag> (ci/docker-bake.json); the pipeline also pushes latest-<platform>
 DEFAULT_REGISTRY = "defect"
 DEFAULT_TAG = "latest"
 DEFAULT_NAME = "defect-asset"
@@ -434,7 +434,7 @@ def check_image_arch(img, image: str, engine_arch: str) -> None:
     arch = img.attrs.get("Architecture", "")
     if arch and arch != engine_arch:
         raise DeviceError(f"{image} is a linux/{arch} image and this engine runs linux/{engine_arch}: that tag holds "
-                          f"another platform's build; push the linux/{engine_arch} one (ci/docker-bake.hcl)")
+                          f"another platform's build; push the linux/{engine_arch} one (ci/docker-bake.json)")
 
 
 def wait_ready(container, port: int, timeout: float, out=sys.stdout) -> None:
@@ -545,7 +545,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="device.py", description=__doc__.split("\n\n")[0] + " Detects the device, pulls its platform image, "
         "starts the server on a model directory and waits until it is ready.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Images: REGISTRY/asset:PLATFORM-TAG (ci/docker-bake.hcl), platforms " + ", ".join(PLATFORMS) + ".\n"
+        epilog="Images: REGISTRY/asset:PLATFORM-TAG (ci/docker-bake.json), platforms " + ", ".join(PLATFORMS) + ".\n"
         "Exports each image runs: x86-cpu, rpi4: onnx or onnx-int8; x86-cuda: tensorrt-*, onnx, onnx-int8; jetson: "
         "tensorrt-*, onnx.\nThe engine is the one DOCKER_HOST names (default the local socket).")
     p.add_argument("--model", type=Path, metavar="MODEL_DIR", help="model directory to serve (mounted read-only); "
