@@ -208,11 +208,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from scripts.flops import gemm_gflops, measured_clock_ghz, peak_rates
+    from scripts.flops import gemm_gflops, peak_rates, stated_clock_ghz
 
     quick = {"n": 512, "seconds": 0.2} if args.quick else {}
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    peak = peak_rates(threads, cpuinfo, clock_ghz=measured_clock_ghz(runs=200 if args.quick else 4000),
+    peak = peak_rates(threads, cpuinfo, clock_ghz=stated_clock_ghz(),
                       gemm_gflops=gemm_gflops(threads, **quick))
     print(f"peak: {threads} cores x {peak['fp32']['flop_per_cycle_core']} fp32 FLOP/cycle ({peak['fp32']['isa']}: "
           f"{peak['fp32']['how']}; {peak['fp32']['source']}) "

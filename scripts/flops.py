@@ -9,11 +9,11 @@ Two independent counts of the same network at the same input (batch included):
 The peak (`peak_rates`) is an upper bound of what the cores can do, so that time >= FLOPs / peak always holds:
 cores x (FLOP per cycle of the microarchitecture, MICROARCHITECTURES below, else of the widest instructions the
 /proc/cpuinfo flags list) x clock. A measured fp32 GEMM (`gemm_gflops`) is reported beside it: the floor at the rate
-a real kernel reaches here. The clock is measured
-(`measured_clock_ghz`: a chain of dependent multiplies of known latency, best of many runs, so turbo counts), and
-never taken lower than the stated one (/proc/cpuinfo "cpu MHz", the nominal clock under a hypervisor) or the one a
-measured fp32 GEMM implies. A measured GEMM alone is no peak: BLAS libraries need not use the widest vectors a
-core has (MKL takes its AVX2 path on AMD cores), and ONNX Runtime's own kernels then beat it.
+a real kernel reaches here. The clock is the highest the machine states
+(`stated_clock_ghz`: cpufreq's maximum, turbo included; /proc/cpuinfo "cpu MHz", the nominal clock under a
+hypervisor) or the one a measured fp32 GEMM implies, whichever is higher. A measured GEMM alone is no peak: BLAS
+libraries need not use the widest vectors a core has (MKL takes its AVX2 path on AMD cores), and ONNX Runtime's
+own kernels then beat it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 # AVX-512 on 256-bit units (a zmm FMA takes two passes), so it does 32 fp32 FLOP per cycle per core like Zen 2/3,
 # not the 64 of a core with two 512-bit FMA units. Only when the CPU is not in the table, or the table cannot be
 # this core (a hypervisor's stand-in CPU model: the flags show wider instructions than the row's core has, or a
-# measured GEMM beats the row's peak at the measured clock), the widest instructions' best case is taken
+# measured GEMM beats the row's peak at the stated clock), the widest instructions' best case is taken
 # (FP32_PER_CYCLE, INT8_MACS_PER_CYCLE: errs high, so the floor stays a floor). Every figure says which was used.
 #
 # vendor, family, model ranges, name, fp32 FLOP/cycle/core, int8 MAC/cycle/core, how. Sources: AMD's Software
@@ -198,7 +198,7 @@ def peak_rates(cores: int, cpuinfo: str, clock_ghz: float | None = None, gemm_gf
     Per core and cycle: the microarchitecture's width (`microarchitecture`, MICROARCHITECTURES), else the widest
     instructions' best case (FP32_PER_CYCLE / INT8_MACS_PER_CYCLE); a row that a measured fp32 GEMM beats at the
     clock the row would need is not this core, and the next evidence is taken (the source says so).
-    The clock is the highest of: the measured one (`measured_clock_ghz`), the stated one (/proc/cpuinfo; under a
+    The clock is the highest of: `clock_ghz` (`stated_clock_ghz`, cpufreq's maximum), the stated one (/proc/cpuinfo; under a
     hypervisor the nominal clock, not the turbo one) and the one a measured fp32 GEMM implies (rate / (cores x fp32
     FLOP per cycle): the cores ran at least that fast). Each can only be too low, so the highest is the best bound.
     `gemm_gflops` is kept beside the peak (`gemm_gflops`): the rate a real fp32 kernel reached here."""
@@ -221,11 +221,11 @@ def peak_rates(cores: int, cpuinfo: str, clock_ghz: float | None = None, gemm_gf
         src = f"{why}; widest instructions' best case"
         fp = {"isa": fp_isa, "flop_per_cycle_core": fp_cycle, "how": fp_isa_why, "source": src}
         i8 = {"isa": i8_isa, "macs_per_cycle_core": i8_cycle, "how": i8_isa_why, "source": src}
-    clocks = {"measured (multiply chain)": clock_ghz or 0.0, "/proc/cpuinfo cpu MHz": (facts["mhz"] or 0.0) / 1000,
+    clocks = {"cpufreq cpuinfo_max_freq": clock_ghz or 0.0, "/proc/cpuinfo cpu MHz": (facts["mhz"] or 0.0) / 1000,
               "implied by the fp32 GEMM": (gemm_gflops or 0.0) / (cores * fp_cycle)}
     source, ghz = max(clocks.items(), key=lambda kv: kv[1])
     if ghz <= 0:
-        raise ValueError("no clock: none measured, /proc/cpuinfo states no 'cpu MHz' and no GEMM rate was given")
+        raise ValueError("no clock: cpufreq states none, /proc/cpuinfo states no 'cpu MHz' and no GEMM rate was given")
     fp["gflops"] = cores * fp_cycle * ghz
     i8["gops"] = cores * 2 * i8_cycle * ghz
     return {"cpu": facts["model"], "vendor": facts["vendor"], "family": facts["family"],
@@ -244,37 +244,14 @@ def peak_label(peak: dict, kind: str = "fp32") -> str:
             f"({p['source']})")
 
 
-# x86-64 System V function f(n): n iterations of 8 dependent `imul rax, rax` (3 cycles latency each on every
-# x86-64 core since Core 2 and Zen; no core can shorten a multiply chain), i.e. exactly 24 cycles per iteration.
-_IMUL_CHAIN = bytes.fromhex("4889f9" "31c0" + "480fafc0" * 8 + "48ffc9" "75db" "c3")
-_CYCLES_PER_ITERATION = 24
-
-
-def measured_clock_ghz(iterations: int = 10_000, runs: int = 4000) -> float | None:
-    """The clock this core really runs at (turbo included), from the best of `runs` timed multiply chains; a run
-    the scheduler (or a hypervisor) interrupts only looks slower, so the best run is the clock. Runs are short
-    (240k cycles, ~0.1 ms) so that some fall between interruptions on a busy machine. None where it cannot run
-    (not x86-64, or executable memory refused)."""
-    import ctypes
-    import mmap
-    import platform
-
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None
+def stated_clock_ghz(root: str = "/sys/devices/system/cpu/cpu0/cpufreq") -> float | None:
+    """The highest clock the kernel states for a core (cpufreq cpuinfo_max_freq, turbo included), None where the
+    machine does not describe it (virtual machines often do not: then /proc/cpuinfo "cpu MHz" is used)."""
+    path = Path(root) / "cpuinfo_max_freq"
     try:
-        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        return int(path.read_text().strip()) / 1e6
     except (OSError, ValueError):
         return None
-    page.write(_IMUL_CHAIN)
-    chain = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint64)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
-    chain(1000)
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        chain(iterations)
-        best = min(best, time.perf_counter() - t)
-    del chain
-    return iterations * _CYCLES_PER_ITERATION / best / 1e9
 
 
 def gemm_gflops(threads: int, n: int = 2048, seconds: float = 3.0) -> float:
