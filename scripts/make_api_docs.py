@@ -100,7 +100,7 @@ def settings_markdown() -> list[str]:
     serve.register(parser.add_subparsers())
     sub = parser._subparsers._group_actions[0].choices["serve"]  # the parser register() made
     defaults = {f.name: f.default for f in fields(Settings)}
-    env = {**Settings.ENV, "host": "ASSET_HOST", "port": "ASSET_PORT"}
+    env = Settings.env_names()
     lines = ["## Settings", "",
              "Every setting is an option of `asset serve` and an environment variable (what a container sets); options "
              "win over the environment. Out-of-range values are refused at start-up with the valid range.", "",

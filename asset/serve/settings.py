@@ -3,48 +3,53 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, get_args, get_type_hints
 
 
 class SettingsError(ValueError):
     """A setting out of range; the message names it and the valid range."""
 
 
+def setting(default, help: str, *, metavar: str | None = None, public: bool = True):
+    """One server setting: its flag (--name-with-dashes) and env variable (ASSET_NAME) follow from the field name."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "public": public})
+
+
 @dataclass
 class Settings:
-    model: str = ""
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
-    device: str = "cpu"
-    threads: int | None = None
-    api_key: str | None = None
-    api_key_file: str | None = None  # read into api_key (a Docker secret, a file only root can read)
-    allow_no_api_key: bool = False  # serve beyond loopback without a key: only when the user says so
-    limit_concurrency: int = 64    # connections at once (uvicorn); beyond it: 503 before any work
-    max_batch: int | None = None   # largest batch the dynamic batcher forms (Triton: max_batch_size); default below
-    max_wait_ms: float = 5.0       # how long the first request of a batch waits for company (Triton: max_queue_delay)
-    queue_size: int = 64           # requests waiting at most; beyond it: 503 + Retry-After
-    max_body_mb: float = 20.0      # request bodies above this: 413, refused before they are read whole
-    max_pixels: int = 40_000_000   # images above this pixel count: 413, refused before decoding (decompression bombs)
-    max_batch_images: int = 32     # images in one POST /predict/batch
-    max_batch_pixels: int = 40_000_000  # pixels of all the images of one request together: beyond it, 413
-    max_inflight_pixels: int = 80_000_000  # decoded pixels held by all requests at once: beyond it, 503 + Retry-After
-    max_input_factor: float = 16.0  # network pixels per image <= this x the training input size (asset/tiling.py)
-    warmup: bool = True
-    load_attempts: int = 3          # tries to load the model before giving up (asset serve then exits non-zero)
-    load_retry_s: float = 2.0       # wait before the second try; doubled for each further one
+    model: str = setting("", "model directory", metavar="MODEL_DIR")
+    backend: str = setting("onnxruntime", "onnxruntime (default), openvino, tensorrt or pytorch")
+    precision: str = setting("fp32", "fp32 (default), int8 (onnxruntime/openvino), fp16 (tensorrt/pytorch cuda)")
+    device: str = setting("cpu", "cpu (default) or cuda[:N]")
+    threads: int | None = setting(None, "backend intra-op threads (default: usable cores)")
+    api_key: str | None = setting(None, "require this X-API-Key on every route but the health probes (a command line "
+                                        "is visible to every user of the machine: prefer --api-key-file)")
+    api_key_file: str | None = setting(None, "read the API key from this file (e.g. a Docker secret, a file only "
+                                             "root can read)")
+    allow_no_api_key: bool = setting(False, "serve beyond loopback without an API key: anyone who reaches the port "
+                                            "can use the model")
+    limit_concurrency: int = setting(64, "connections at most; beyond them new requests get 503 at once (default 64)")
+    max_batch: int | None = setting(None, "largest dynamic batch (default 4 on CPU, 8 on a GPU)")
+    max_wait_ms: float = setting(5.0, "longest wait for a batch to fill (default 5 ms)")
+    queue_size: int = setting(64, "requests waiting at most before 503 + Retry-After (default 64)")
+    max_body_mb: float = setting(20.0, "largest request body, else 413 before it is read whole (default 20 MB)")
+    max_pixels: int = setting(40_000_000, "largest image pixel count, else 413 before decoding (default 40,000,000)")
+    max_batch_images: int = setting(32, "most images in one POST /predict/batch (default 32)")
+    max_batch_pixels: int = setting(40_000_000, "most pixels of all images of one request together, else 413 "
+                                                "(default 40,000,000)")
+    max_inflight_pixels: int = setting(80_000_000, "most decoded pixels held by all requests at once, else 503 + "
+                                                   "Retry-After (default 80,000,000)")
+    max_input_factor: float = setting(16.0, "network pixels per image at most this x the training input size; "
+                                            "larger images are tiled (default 16)")
+    load_attempts: int = setting(3, "tries to load the model before the server exits non-zero (default 3)")
+    load_retry_s: float = setting(2.0, "wait before the second load try, doubled for each further one (default 2)")
+    host: str = setting("127.0.0.1", "bind address (default 127.0.0.1)")
+    port: int = setting(8000, "port (default 8000)")
+    warmup: bool = setting(True, "run the model once before /readyz says ready", public=False)  # tests turn it off
 
-    ENV = {
-        "model": "ASSET_MODEL", "backend": "ASSET_BACKEND", "precision": "ASSET_PRECISION", "device": "ASSET_DEVICE",
-        "threads": "ASSET_THREADS", "api_key": "ASSET_API_KEY", "max_batch": "ASSET_MAX_BATCH",
-        "max_wait_ms": "ASSET_MAX_WAIT_MS", "queue_size": "ASSET_QUEUE_SIZE", "max_body_mb": "ASSET_MAX_BODY_MB",
-        "max_pixels": "ASSET_MAX_PIXELS", "max_batch_images": "ASSET_MAX_BATCH_IMAGES",
-        "max_batch_pixels": "ASSET_MAX_BATCH_PIXELS", "max_inflight_pixels": "ASSET_MAX_INFLIGHT_PIXELS",
-        "max_input_factor": "ASSET_MAX_INPUT_FACTOR", "api_key_file": "ASSET_API_KEY_FILE",
-        "allow_no_api_key": "ASSET_ALLOW_NO_API_KEY", "limit_concurrency": "ASSET_LIMIT_CONCURRENCY",
-        "load_attempts": "ASSET_LOAD_ATTEMPTS", "load_retry_s": "ASSET_LOAD_RETRY_S",
-    }
-    TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+    TRUE: ClassVar = ("1", "true", "yes", "on")
+    FALSE: ClassVar = ("0", "false", "no", "off")
 
     def __post_init__(self) -> None:
         if self.max_batch is None:  # measured (README, make bench): past batch 2-4 a CPU engine gets slower per image
@@ -52,29 +57,51 @@ class Settings:
             self.max_batch = 8 if on_gpu else 4
 
     @classmethod
+    def options(cls) -> list[tuple[str, type, str, str, dict]]:
+        """(name, type, flag, env variable, field metadata) of each public setting."""
+        hints = get_type_hints(cls)
+        out = []
+        for f in fields(cls):
+            if f.metadata.get("public"):
+                kind = next(t for t in get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+                out.append((f.name, kind, "--" + f.name.replace("_", "-"), "ASSET_" + f.name.upper(), dict(f.metadata)))
+        return out
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        return {name: var for name, _, _, var, _ in cls.options()}
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """One option per public setting; unset options stay None so that the environment and defaults apply."""
+        for name, kind, flag, var, meta in cls.options():
+            help_text = f"{meta['help']} (env {var}{'=1' if kind is bool else ''})"
+            if kind is bool:
+                parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+            else:
+                parser.add_argument(flag, dest=name, type=None if kind is str else kind, metavar=meta["metavar"],
+                                    help=help_text)
+
+    @classmethod
+    def parse(cls, var: str, raw: str, kind: type):
+        """An environment value as the setting's type."""
+        if kind is bool:
+            if raw.strip().lower() not in cls.TRUE + cls.FALSE:
+                raise SettingsError(f"{var}={raw!r}: use 1 or 0 (true / false)")
+            return raw.strip().lower() in cls.TRUE
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r} is not a number") from None
+
+    @classmethod
     def from_env(cls, environ=None, **overrides) -> Settings:
         """Defaults, then ASSET_* environment variables, then explicit (non-None) overrides."""
         environ = os.environ if environ is None else environ
         values: dict = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for name, var in cls.ENV.items():
+        for name, kind, _, var, _ in cls.options():
             if environ.get(var) not in (None, ""):
-                raw = environ[var]
-                kind = types[name]
-                if "bool" in str(kind):
-                    if raw.strip().lower() not in cls.TRUE + cls.FALSE:
-                        raise SettingsError(f"{var}={raw!r}: use 1 or 0 (true / false)")
-                    values[name] = raw.strip().lower() in cls.TRUE
-                    continue
-                try:
-                    if "int" in str(kind):
-                        values[name] = int(raw)
-                    elif "float" in str(kind):
-                        values[name] = float(raw)
-                    else:
-                        values[name] = raw
-                except ValueError:
-                    raise SettingsError(f"{var}={raw!r} is not a number") from None
+                values[name] = cls.parse(var, environ[var], kind)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.read_key_file()
@@ -109,6 +136,8 @@ class Settings:
             raise SettingsError("max_wait_ms and load_retry_s must be >= 0 and max_body_mb > 0")
         if self.threads is not None and self.threads < 1:
             raise SettingsError(f"threads must be >= 1, got {self.threads}")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be 0..65535, got {self.port}")
 
     @property
     def max_body_bytes(self) -> int:

@@ -344,3 +344,31 @@ def test_settings_from_environment():
         Settings.from_env({"ASSET_MODEL": "m", "ASSET_MAX_INFLIGHT_PIXELS": "1000"})  # below max_pixels
     with pytest.raises(SettingsError, match="max_input_factor"):
         Settings(model="m", max_input_factor=0.5).check()
+
+
+def test_every_setting_has_a_flag_and_an_environment_variable(monkeypatch):
+    import argparse
+    from dataclasses import fields
+
+    from asset.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers())
+    sub = parser._subparsers._group_actions[0].choices["serve"]
+    flags = {a.dest: a.option_strings[0] for a in sub._actions if a.option_strings and a.dest != "help"}
+    env = Settings.env_names()
+    internal = {"warmup"}  # set by code (tests), not by users
+    for f in fields(Settings):
+        if f.name not in internal:
+            assert flags.get(f.name) == "--" + f.name.replace("_", "-"), f"{f.name}: no --flag"
+            assert env.get(f.name) == "ASSET_" + f.name.upper(), f"{f.name}: no environment variable"
+            assert f.metadata["help"], f"{f.name}: no help"
+    # options win over the environment; host and port come through Settings like every other setting
+    monkeypatch.setattr(Settings, "check", lambda self: None)
+    args = sub.parse_args(["--port", "9001", "--max-wait-ms", "1.5", "--allow-no-api-key"])
+    s = Settings.from_env({"ASSET_HOST": "0.0.0.0", "ASSET_PORT": "9000", "ASSET_MAX_WAIT_MS": "3"},
+                          **{name: getattr(args, name) for name in env})
+    assert (s.host, s.port, s.max_wait_ms, s.allow_no_api_key) == ("0.0.0.0", 9001, 1.5, True)
+    assert (Settings().host, Settings().port) == ("127.0.0.1", 8000)
+    with pytest.raises(SettingsError, match="ASSET_PORT"):
+        Settings.from_env({"ASSET_PORT": "eighty"})
