@@ -274,10 +274,15 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
 
         callbacks.insert(0, EMAWeightAveraging(decay=float(cfg["optimizer"]["ema_decay"])))
     t = dict(cfg["trainer"])
+    plugins = [checkpoint_io()]
+    if t.pop("sync_batchnorm", False):
+        from asset.training.sync_batchnorm import GlobalSyncBatchNorm
+
+        plugins.append(GlobalSyncBatchNorm())  # Lightning's own (torch's SyncBatchNorm) refuses CPU tensors
     if t.get("deterministic"):
         t["deterministic"] = "warn" if t.get("accelerator") not in ("cpu",) else True
     trainer = L.Trainer(
-        default_root_dir=out_dir, callbacks=callbacks, plugins=[checkpoint_io()],
+        default_root_dir=out_dir, callbacks=callbacks, plugins=plugins,
         logger=[_appending_csv_logger(CSVLogger, out_dir),
                 TensorBoardLogger(out_dir, name="logs", version="tensorboard")],
         **t,

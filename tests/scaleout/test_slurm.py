@@ -104,7 +104,7 @@ def test_cancelled_task_resumes_on_resubmission(slurm, root):
     slurm.wait(again, timeout=900, what="resubmitted task")
     log = _tail(out / f"slurm-{again}_0.out")
     assert slurm.states(again)[f"{again}_0"] == ("COMPLETED", "0:0"), log
-    assert "resuming from checkpoints/last.ckpt" in log
+    assert "resuming from checkpoints/last.ckpt" in (out / f"slurm-{again}_0.out").read_text(errors="replace"), log
     res = json.loads((jdir / "result.json").read_text())
     assert res["status"] == "done" and res["training"]["resumed"] is True, res
     card = json.loads((jdir / "model" / "model.json").read_text())

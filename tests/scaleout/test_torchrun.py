@@ -4,9 +4,9 @@ mid-training fails the run without a model card, and the run resumes from its ch
 SLURM (`srun` in `sbatch --nodes=1 --ntasks=2`, Lightning's SLURM environment) on the private cluster.
 
 The data: every step sees the whole training split (global batch = the split), so both runs see the same images
-per step whatever the sampler order; BCE (a per-pixel mean) makes the DDP gradient the single-process one. What
-still differs is batch normalisation, whose statistics each rank takes over its half batch (SyncBatchNorm does not
-run on CPUs), hence the tolerances below."""
+per step whatever the sampler order; BCE (a per-pixel mean) makes the DDP gradient the single-process one, and batch
+normalisation takes its statistics over the global batch (trainer.sync_batchnorm, asset/training/sync_batchnorm.py),
+so the two runs compute the same model up to the order of floating-point sums."""
 
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ EPOCHS = 12  # enough for the bright squares of the tiny set to be learnt: metri
 def _train_args(data: Path, out: Path, batch: int, epochs: int = EPOCHS) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--arch", "unet", "--encoder", "mobilenet_v2",
             "--encoder-weights", "none", "--epochs", str(epochs), "--batch-size", str(batch), "--loss", "bce",
-            "--lr", "0.01", "--no-progress", "--accelerator", "cpu", "--set", "trainer.log_every_n_steps=1",
+            # SGD: steps in proportion to the gradient, so rounding differences stay rounding-sized (Adam's normalised
+            # steps can blow a 1e-9 gradient up to a full step)
+            "--set", "optimizer.name=sgd", "--lr", "0.05", "--no-progress", "--accelerator", "cpu",
+            "--set", "trainer.log_every_n_steps=1",
             "--set", "scheduler.name=none", "--set", "data.num_workers=0"]
 
 
@@ -113,17 +116,17 @@ def test_two_torchrun_nodes_equal_one_process(runs):
     ha, hb = a["training"]["val_history"], b["training"]["val_history"]
     assert [h["epoch"] for h in ha] == [h["epoch"] for h in hb] == list(range(EPOCHS))
     assert _close(ha[-1]["iou"], hb[-1]["iou"], 0.05), (ha, hb)
-    # the weights themselves: same start (same seed), same data per step, gradients averaged across the two ranks
+    # the weights themselves: same start (same seed), same data per step, global batch-norm statistics, gradients
+    # averaged across the two ranks
     import torch
 
     wa = torch.load(runs["single"] / "weights.pt", weights_only=True)
     wb = torch.load(runs["ddp"] / "weights.pt", weights_only=True)
     assert wa.keys() == wb.keys()
-    keys = [k for k in wa if wa[k].is_floating_point() and "running" not in k]
+    keys = [k for k in wa if wa[k].is_floating_point()]
     diff = torch.cat([(wa[k].float() - wb[k].float()).flatten() for k in keys]).norm()
     rel = float(diff / torch.cat([wa[k].float().flatten() for k in keys]).norm())
-    # not asserted: batch normalisation's per-rank statistics move the weights apart (about 25% of their norm after
-    # 3 steps at this learning rate); the metrics above are what must agree
+    assert rel < 1e-3, rel
     print(f"\nsingle vs 2-node DDP: val accuracy {a['metrics']['val']['accuracy']:.4f} / "
           f"{b['metrics']['val']['accuracy']:.4f}, pixel IoU {a['metrics']['val']['pixel_iou']:.4f} / "
           f"{b['metrics']['val']['pixel_iou']:.4f}, AP {a['metrics']['val'].get('ap')} / {b['metrics']['val'].get('ap')}, "
