@@ -314,7 +314,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     best_row = history.rows.get(best_epoch, {})
     net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(net_state)
-    net.eval()
+    net.float().eval()  # the model is float32 whatever trainer.precision trained it in (64-true converts in place)
     modeldir.write_bytes_atomic(out_dir / modeldir.WEIGHTS, _torch_bytes(net.state_dict()))
 
     from asset.evaluation import compute_metrics, evaluate_samples, torch_runner

@@ -6,7 +6,8 @@ SLURM (`srun` in `sbatch --nodes=1 --ntasks=2`, Lightning's SLURM environment) o
 The data: every step sees the whole training split (global batch = the split), so both runs see the same images
 per step whatever the sampler order; BCE (a per-pixel mean) makes the DDP gradient the single-process one, and batch
 normalisation takes its statistics over the global batch (trainer.sync_batchnorm, asset/training/sync_batchnorm.py),
-so the two runs compute the same model up to the order of floating-point sums."""
+so the two runs compute the same model up to the order of floating-point sums (trained in float64 here, so that
+the comparison can be tight)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ EPOCHS = 12  # enough for the bright squares of the tiny set to be learnt: metri
 def _train_args(data: Path, out: Path, batch: int, epochs: int = EPOCHS) -> list[str]:
     return ["train", "--data", str(data), "--out", str(out), "--arch", "unet", "--encoder", "mobilenet_v2",
             "--encoder-weights", "none", "--epochs", str(epochs), "--batch-size", str(batch), "--loss", "bce",
-            # SGD: steps in proportion to the gradient, so rounding differences stay rounding-sized (Adam's normalised
-            # steps can blow a 1e-9 gradient up to a full step)
-            "--set", "optimizer.name=sgd", "--lr", "0.05", "--no-progress", "--accelerator", "cpu",
-            "--set", "trainer.log_every_n_steps=1",
+            # float64: 12 fast steps of an untrained network amplify float32 rounding (sums in another order) to
+            # 10-20% of the weights; in float64 the two runs stay 1e-8 apart. SGD, defect pixels weighted: a model
+            # that learns the squares within the 12 steps.
+            "--set", "trainer.precision=64-true", "--set", "optimizer.name=sgd", "--lr", "0.1",
+            "--set", "loss.pos_weight=15", "--no-progress", "--accelerator", "cpu", "--set", "trainer.log_every_n_steps=1",
             "--set", "scheduler.name=none", "--set", "data.num_workers=0"]
 
 
@@ -109,13 +111,12 @@ def runs(tmp_path_factory):
 def test_two_torchrun_nodes_equal_one_process(runs):
     a, b = _card(runs["single"]), _card(runs["ddp"])
     assert a["training"]["global_steps"] == b["training"]["global_steps"] == EPOCHS  # one global batch per epoch
-    n_val = runs["n_val"]
-    assert _close(a["metrics"]["val"]["accuracy"], b["metrics"]["val"]["accuracy"], 1 / n_val + 1e-9), \
-        (a["metrics"], b["metrics"])  # at most one validation image decided differently
-    assert _close(a["metrics"]["val"]["pixel_iou"], b["metrics"]["val"]["pixel_iou"], 0.05), (a["metrics"], b["metrics"])
+    assert a["metrics"]["val"]["accuracy"] >= 0.9 and a["metrics"]["val"]["pixel_iou"] > 0.2, a["metrics"]  # it learnt
+    for key in ("accuracy", "pixel_iou", "ap", "image_threshold"):
+        assert _close(a["metrics"]["val"][key], b["metrics"]["val"][key], 1e-6), (key, a["metrics"], b["metrics"])
     ha, hb = a["training"]["val_history"], b["training"]["val_history"]
     assert [h["epoch"] for h in ha] == [h["epoch"] for h in hb] == list(range(EPOCHS))
-    assert _close(ha[-1]["iou"], hb[-1]["iou"], 0.05), (ha, hb)
+    assert all(_close(x["iou"], y["iou"], 1e-6) for x, y in zip(ha, hb)), (ha, hb)
     # the weights themselves: same start (same seed), same data per step, global batch-norm statistics, gradients
     # averaged across the two ranks
     import torch
@@ -126,11 +127,11 @@ def test_two_torchrun_nodes_equal_one_process(runs):
     keys = [k for k in wa if wa[k].is_floating_point()]
     diff = torch.cat([(wa[k].float() - wb[k].float()).flatten() for k in keys]).norm()
     rel = float(diff / torch.cat([wa[k].float().flatten() for k in keys]).norm())
-    assert rel < 1e-3, rel
+    assert rel < 1e-6, rel
     print(f"\nsingle vs 2-node DDP: val accuracy {a['metrics']['val']['accuracy']:.4f} / "
           f"{b['metrics']['val']['accuracy']:.4f}, pixel IoU {a['metrics']['val']['pixel_iou']:.4f} / "
           f"{b['metrics']['val']['pixel_iou']:.4f}, AP {a['metrics']['val'].get('ap')} / {b['metrics']['val'].get('ap')}, "
-          f"relative weight difference {rel:.3f}")
+          f"relative weight difference {rel:.1e}")
 
 
 def test_only_rank_zero_wrote(runs):
