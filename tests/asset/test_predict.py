@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -198,10 +199,13 @@ def test_sigint_from_outside_stops_cleanly(model, tmp_path):
         out = tmp_path / "live.csv"
         proc = subprocess.Popen([sys.executable, "-m", "asset.cli", "predict", "--model", str(model),
                                  f"http://127.0.0.1:{port}/cam.mjpg", "--out", str(out), "--no-progress"],
-                                cwd=REPO, stderr=subprocess.PIPE, text=True)
+                                cwd=REPO, stderr=subprocess.PIPE, text=True,
+                                # a suite started in the background (`make test &`) ignores SIGINT, and children
+                                # inherit that: give this one the terminal's default, as a user's Ctrl-C meets
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert _wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 4, 900), proc.poll()
-            proc.send_signal(2)
+            proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=600)
         finally:
             if proc.poll() is None:
