@@ -5,8 +5,25 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import sys
 
 log = logging.getLogger("asset.serve")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each line, not as it was when the handler was made: the logger outlives a
+    `main()` call, and a caller (an embedding program, a test's capture) may swap or close that stream meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ and setStream assign it: ignored, always sys.stderr
+        pass
 
 
 def register(sub) -> None:
@@ -51,7 +68,6 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import sys
 
     import uvicorn
 
@@ -70,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     train_size(card)  # so does a card that does not say what one image may cost
     host, port = settings.host, settings.port
     if not log.handlers:  # the server's own lines (errors with their ids, this warning) beside uvicorn's
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -92,6 +92,9 @@ def test_serve_is_closed_by_default_beyond_loopback(served_model, monkeypatch, c
 
     started = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: started.append(self.config))
+    # uvicorn.Config applies its logging dictConfig, which closes every handler in the process; absl's closes its
+    # stream (pytest's capture, once absl is imported by an export test) when it is not sys.stderr, as under capsys
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
     for var in ("ASSET_API_KEY", "ASSET_API_KEY_FILE", "ASSET_HOST", "ASSET_MODEL", "ASSET_ALLOW_NO_API_KEY",
                 "ASSET_PUBLISHED_HOST"):
         monkeypatch.delenv(var, raising=False)
