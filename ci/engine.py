@@ -360,6 +360,14 @@ def cached_qemu(cache: Path) -> Path | None:
     return exe
 
 
+def _temp_path(folder: Path, prefix: str) -> Path:
+    """A new private file's name in `folder`, its descriptor closed: a binary still open for writing in this
+    process cannot be executed (ETXTBSY), so the emulator would not even print its version."""
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.close(fd)
+    return Path(name)
+
+
 def newer_qemu() -> Path:
     """A qemu-aarch64 >= MIN_QEMU: Debian trixie's static qemu-user, fetched with apt (signed index, package hash
     checked) into the cache once; the extracted binary's SHA-256 is recorded and checked at every later use."""
@@ -384,13 +392,13 @@ def newer_qemu() -> Path:
         deb = next(work.glob("qemu-user_*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
         cache.mkdir(parents=True, exist_ok=True, mode=0o755)
-        staged = Path(tempfile.mkstemp(prefix=".qemu-aarch64.", dir=cache)[1])
+        staged = _temp_path(cache, ".qemu-aarch64.")
         shutil.copy2(work / "x/usr/bin/qemu-aarch64", staged)
         os.chmod(staged, 0o755)
         digest = _sha256(staged)
         os.replace(staged, exe)
         record = cache / "qemu-aarch64.sha256"
-        staged_record = Path(tempfile.mkstemp(prefix=".qemu-aarch64.sha256.", dir=cache)[1])
+        staged_record = _temp_path(cache, ".qemu-aarch64.sha256.")
         staged_record.write_text(f"{digest}  qemu-aarch64 (from {deb.name})\n")
         os.replace(staged_record, record)
     if (qemu_version(exe) or (0, 0)) < MIN_QEMU:

@@ -118,6 +118,29 @@ def test_the_cached_qemu_must_match_its_recorded_checksum(tmp_path):
         engine.cached_qemu(cache)
 
 
+def test_a_fetched_qemu_runs_at_once(tmp_path, monkeypatch):
+    """The fetch path end to end with stand-ins for apt-get and dpkg-deb: the extracted emulator is executed for its
+    version right after it is written (a descriptor left open for writing made that fail with ETXTBSY), its SHA-256
+    is recorded, and the next call takes it from the cache."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text('#!/bin/sh\nfor a; do last=$a; done\n'
+                                     '[ "$last" = qemu-user ] && : > qemu-user_10.0.13_amd64.deb\nexit 0\n')
+    (bin_dir / "dpkg-deb").write_text('#!/bin/sh\nmkdir -p "$3/usr/bin"\n'
+                                      "printf '#!/bin/sh\\necho qemu-aarch64 version 10.0.13\\n' > \"$3/usr/bin/qemu-aarch64\"\n")
+    for tool in ("apt-get", "dpkg-deb"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DEFECT_CI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(engine, "_debian_mirror", lambda: "http://deb.example.org/debian")
+    exe = engine.newer_qemu()
+    assert exe == tmp_path / "cache" / "qemu" / "qemu-aarch64" and engine.qemu_version(exe) == (10, 0)
+    assert (exe.parent / "qemu-aarch64.sha256").read_text().split()[0] == engine._sha256(exe)
+    assert not [p for p in exe.parent.iterdir() if p.name.startswith(".")]  # no staged leftovers
+    (bin_dir / "apt-get").write_text("#!/bin/sh\nexit 1\n")  # a second call must not fetch
+    assert engine.newer_qemu() == exe
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/proc/mounts").exists(), reason="mounting needs root")
 def test_stop_unmounts_what_is_left_under_the_state_and_data_root(tmp_path):
     state, data = tmp_path / "state", tmp_path / "data"
