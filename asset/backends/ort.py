@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asset.backends.base import Backend, BackendError, export_entry, parse_device
-
-EXPORT_KEYS = {"fp32": "onnx", "int8": "onnx-int8"}
+from asset.backends.base import Backend, BackendError, export_for, parse_device
 
 
 def default_providers(device: str) -> list:
@@ -52,7 +50,6 @@ def session_options(threads: int):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    export_keys = EXPORT_KEYS  # precision -> the model.json export it runs
 
     def __init__(self, model_dir: Path, card: dict, *, precision: str = "fp32", device: str = "cpu",
                  threads: int = 1, providers: list | None = None, file: str | Path | None = None,
@@ -60,7 +57,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         if file is None:
-            _, path = export_entry(card, model_dir, self.export_keys[precision], self.name)
+            path = export_for(card, model_dir, self.name, precision)[2]  # the export contract (asset/modeldir.py)
         else:
             path = Path(file)
         providers = providers or default_providers(device)
@@ -121,8 +118,6 @@ class _GpuProviderBackend(OnnxRuntimeBackend):
         kind, index = parse_device(device)
         if kind != "cuda":
             raise BackendError(f"backend {self.name!r} runs on NVIDIA GPUs only: use --device cuda")
-        if precision not in self.export_keys:
-            raise BackendError(f"backend {self.name!r} runs {', '.join(self.export_keys)}, not {precision}")
         available = ort.get_available_providers()
         if self.provider not in available:
             raise BackendError(f"{self.provider} is not in this onnxruntime ({ort.__version__}: "
@@ -144,10 +139,8 @@ class _GpuProviderBackend(OnnxRuntimeBackend):
 class OnnxRuntimeCudaBackend(_GpuProviderBackend):
     name = "onnxruntime-cuda"
     provider = "CUDAExecutionProvider"
-    export_keys = {"fp32": "onnx", "int8": "onnx-int8"}
 
 
 class OnnxRuntimeTensorRTBackend(_GpuProviderBackend):
     name = "onnxruntime-tensorrt"
     provider = "TensorrtExecutionProvider"
-    export_keys = {"fp32": "onnx", "fp16": "onnx", "int8": "onnx-int8"}
