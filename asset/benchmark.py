@@ -162,6 +162,17 @@ def _latency(infer, x: np.ndarray, warmup: int, min_iter: int, max_iter: int, mi
     return np.asarray(times), elapsed
 
 
+def _time_row(row, backend, x: np.ndarray, timing: tuple) -> None:
+    """Time `backend` on `x` (timing: warmup, min_iter, max_iter, min_seconds, max_seconds) into `row`: per-image
+    p50/p90/p99 ms, images per second, the iteration count and what ran."""
+    times, _ = _latency(backend.infer, x, *timing)
+    per_image = times * 1000 / row.batch
+    row.p50_ms, row.p90_ms, row.p99_ms = (round(float(np.percentile(per_image, q)), 3) for q in (50, 90, 99))
+    row.throughput = round(row.batch * len(times) / float(times.sum()), 2)
+    row.iterations = len(times)
+    row.extra = {"input_shape": list(x.shape), **backend.info()}
+
+
 def latency_input(algorithm: Algorithm, image: np.ndarray, batch: int, size: tuple[int, int] | None) -> np.ndarray:
     """A preprocessed batch of a real image (resized to `size` = network H x W when given)."""
     import cv2
@@ -249,15 +260,10 @@ def run_benchmark(model_dir, targets: list[tuple[str, str]] | None = None, batch
                 if wrong:
                     r.status, r.reason = "exported but wrong", wrong
             for r in made:
-                x = latency_input(algorithm, first_image, r.batch, size)
-                times, elapsed = _latency(backend.infer, x, warmup, min_iter, max_iter, min_seconds, max_seconds)
-                per_image = times * 1000 / r.batch
-                r.p50_ms, r.p90_ms, r.p99_ms = (round(float(np.percentile(per_image, q)), 3) for q in (50, 90, 99))
-                r.throughput = round(r.batch * len(times) / float(times.sum()), 2)
-                r.iterations = len(times)
-                r.extra = {"input_shape": list(x.shape), **backend.info()}
+                _time_row(r, backend, latency_input(algorithm, first_image, r.batch, size),
+                          (warmup, min_iter, max_iter, min_seconds, max_seconds))
                 log(f"{name}/{precision} batch {r.batch}: p50 {r.p50_ms:.2f} ms/img, {r.throughput:.1f} img/s "
-                    f"({len(times)} iterations)")
+                    f"({r.iterations} iterations)")
         except Exception as exc:  # noqa: BLE001
             for r in made:
                 r.status, r.reason = "failed", f"{type(exc).__name__}: {exc}"
@@ -375,13 +381,8 @@ def run_speed(model_dir, targets: list[tuple[str, str]] | None = None, batches=(
             continue
         try:
             for r in made:
-                x = latency_input(algorithm, image, r.batch, (h, w))
-                times, _ = _latency(backend.infer, x, warmup, min_iter, max_iter, min_seconds, max_seconds)
-                per_image = times * 1000 / r.batch
-                r.p50_ms, r.p90_ms, r.p99_ms = (round(float(np.percentile(per_image, q)), 3) for q in (50, 90, 99))
-                r.throughput = round(r.batch * len(times) / float(times.sum()), 2)
-                r.iterations = len(times)
-                r.extra = {"input_shape": list(x.shape), **backend.info()}
+                _time_row(r, backend, latency_input(algorithm, image, r.batch, (h, w)),
+                          (warmup, min_iter, max_iter, min_seconds, max_seconds))
                 log(f"{name}/{precision} batch {r.batch}: {r.p50_ms:.2f} ms/img, {r.throughput:.1f} FPS")
         except Exception as exc:  # noqa: BLE001
             for r in made:

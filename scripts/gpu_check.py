@@ -30,8 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -114,41 +112,29 @@ def export_all(model: Path, data: Path | None = None) -> list[dict]:
     return rows
 
 
-def time_backend(model: Path, name: str, precision: str, batches: list[int], size: int, warmup: int, iters: int
-                 ) -> list[dict]:
-    """Median ms per call at each batch (numpy in, numpy out), or one failed row with the reason."""
-    from asset import modeldir
-    from asset.algorithm import Algorithm
-    from asset.backends import backend_status, load_backend
+def time_backend(model: Path, name: str, precision: str, batches: list[int], size: int, warmup: int, iters: int,
+                 device: str = "cuda") -> list[dict]:
+    """Median ms per call at each batch, timed as `asset benchmark --speed-only` times (asset.benchmark.run_speed:
+    a random image preprocessed like a real one, `warmup` calls, then `iters`), or one row saying why not."""
+    from asset.backends import backend_status
+    from asset.benchmark import run_speed
 
     why = backend_status()[name]
     if why:
         return [{"backend": name, "precision": precision, "status": "unavailable", "reason": why}]
-    card = modeldir.verify(model)
-    channels = Algorithm.from_card(card).channels
     try:
-        backend = load_backend(name, model, precision=precision, device="cuda", card=card, verify=False)
+        doc = run_speed(model, targets=[(name, precision)], batches=tuple(batches), size=(size, size), device=device,
+                        warmup=warmup, min_iter=iters, max_iter=iters, min_seconds=0.0, max_seconds=float("inf"))
     except Exception as exc:  # noqa: BLE001 - any engine error is a row
         return [{"backend": name, "precision": precision, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}]
     rows = []
-    try:
-        for batch in batches:
-            x = np.random.default_rng(0).normal(size=(batch, channels, size, size)).astype(np.float32)
-            for _ in range(warmup):
-                backend.infer(x)
-            times = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                backend.infer(x)
-                times.append(time.perf_counter() - t)
-            ms = float(np.median(times) * 1000)
-            rows.append({"backend": name, "precision": precision, "batch": batch, "status": "ok", "ms": round(ms, 3),
-                         "ms_per_image": round(ms / batch, 3), "fps": round(batch * 1000 / ms, 1)})
-    except Exception as exc:  # noqa: BLE001
-        rows.append({"backend": name, "precision": precision, "status": "failed",
-                     "reason": f"{type(exc).__name__}: {exc}"})
-    finally:
-        backend.close()
+    for r in doc["rows"]:
+        if r["status"] != "ok":
+            rows.append({"backend": name, "precision": precision, "status": "failed", "reason": r["reason"]})
+            continue
+        ms = r["p50_ms"] * r["batch"]
+        rows.append({"backend": name, "precision": precision, "batch": r["batch"], "status": "ok", "ms": round(ms, 3),
+                     "ms_per_image": r["p50_ms"], "fps": r["throughput"]})
     return rows
 
 

@@ -313,7 +313,7 @@ def test_every_export_backend_finds_the_file_it_runs(tmp_path):
     from asset.benchmark import runs_file
 
     card = {"weights": "weights.pt", "exports": {k: {"file": kind.file} for k, kind in modeldir.EXPORT_KINDS.items()}}
-    for key, kind in modeldir.EXPORT_KINDS.items():  # every recorded file exists, as export_for checks
+    for kind in modeldir.EXPORT_KINDS.values():  # every recorded file exists, as export_for checks
         (tmp_path / kind.file).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / kind.file).write_bytes(b"x")
     checked = 0

@@ -75,3 +75,17 @@ def test_results_are_written_whole_after_each_model(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-check.json", "gpu-check.md"]
     assert (tmp_path / "gpu-check.md").read_text() == text and "TensorRT not installed" in text
     assert "unavailable: not installed" in text and "goal 2.13 ms NOT checked" in text
+
+
+def test_time_backend_is_the_speed_benchmark_on_any_device():
+    """time_backend goes through asset.benchmark.run_speed (one timing loop): on the CPU here, a row per batch with
+    consistent figures, and a row saying why for a precision that has no export."""
+    from tests.asset.backend_helpers import shared
+
+    model = shared()["model"]
+    rows = G.time_backend(model, "onnxruntime", "fp32", [1, 2], 32, warmup=1, iters=3, device="cpu")
+    assert [r["batch"] for r in rows] == [1, 2] and all(r["status"] == "ok" for r in rows), rows
+    for r in rows:
+        assert r["ms"] > 0 and abs(r["ms_per_image"] * r["batch"] - r["ms"]) < 1e-2 and r["fps"] > 0
+    bare = G.time_backend(model, "tensorrt", "fp16", [1], 32, warmup=1, iters=3, device="cpu")
+    assert len(bare) == 1 and bare[0]["status"] in ("unavailable", "failed") and bare[0]["reason"], bare
