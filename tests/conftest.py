@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import REPO
+
 # Small real samples of the public datasets, with their sources and licences (tests/fixtures/real/README.md).
 REAL_FIXTURES = REPO / "tests" / "fixtures" / "real"
-
-
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO
 
 
 @pytest.fixture(scope="session")

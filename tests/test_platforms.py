@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import REPO
+
 BIN = Path(sys.executable).parent
 DOCKERFILES = [
     *sorted(REPO.glob("platforms/*/Dockerfile")),

@@ -19,8 +19,6 @@ import numpy as np
 
 from tests.asset.helpers import make_dataset
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def fit(net, alg, items, steps: int) -> None:
     """Full-batch Adam on BCE + Dice over `items` (same-size images). Images up to 64x64 run on one thread: there

@@ -17,7 +17,8 @@ from PIL import Image
 from asset.backends import BACKENDS, Backend, BackendError, backend_status, load_backend
 from asset.export import data as D
 from asset.predictor import Predictor
-from tests.asset.backend_helpers import REPO, copy_model, shared
+from tests import REPO
+from tests.asset.backend_helpers import copy_model, shared
 
 
 def _val_images():

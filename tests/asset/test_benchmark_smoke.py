@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 SCRIPTS = sorted(p for p in (REPO / "scripts").glob("*.py"))
 
 

@@ -7,16 +7,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from asset import modeldir
 from asset.backends import BackendError
 from asset.benchmark import device_description, speed_size
+from tests import REPO
 from tests.asset.backend_helpers import copy_model, shared
 
-REPO = Path(__file__).resolve().parents[2]
 NO_TORCH = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):

@@ -15,11 +15,11 @@ import pytest
 
 from asset.predictor import Predictor
 from asset.serve import Settings, create_app
+from tests import REPO
 from tests.asset.serve_helpers import LoopbackServer, exported_copy, split_images
 
 KEY = "page-k3y"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}: Debian's chromium "
                                 "is needed (apt-get install -y chromium; CI installs it)")
 

@@ -20,11 +20,11 @@ from PIL import Image
 from asset import predict
 from asset.cli import main
 from asset.predictor import Predictor
+from tests import REPO
 from tests.asset.backend_helpers import make_model_dir
 from tests.asset.helpers import make_dataset
 
 SIZE = 64
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

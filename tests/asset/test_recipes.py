@@ -14,8 +14,8 @@ from asset import modeldir
 from asset.cli import main
 from asset.config import load_config
 from asset.training.train import check_training_keys
+from tests import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ("dagm", "kolektorsdd", "kolektorsdd2")
 TINY = ["--no-progress", "--epochs", "1", "--set", "trainer.max_time=null", "--set", "data.batch_size=4",
         "--set", "trainer.log_every_n_steps=1", "--set", "data.validate=false"]

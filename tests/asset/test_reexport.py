@@ -20,8 +20,7 @@ import pytest
 
 from asset import modeldir
 from asset.modeldir import ModelDirError
-
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
 
 
 def sha(path: Path) -> str:

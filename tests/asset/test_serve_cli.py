@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import REPO
 from tests.asset.serve_helpers import exported_copy, free_port, serve_process, split_images
 
-REPO = Path(__file__).resolve().parents[2]
 # Runs `asset serve` with torch, Lightning and SMP unimportable: any import of them raises ImportError.
 NO_TORCH = """
 import sys

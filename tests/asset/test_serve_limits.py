@@ -17,9 +17,9 @@ from pycocotools import mask as coco_mask
 from asset.algorithm import Algorithm, AlgorithmError, SizePolicy
 from asset.predictor import Predictor
 from asset.tiling import Tiler, axis_starts, train_size, upsample_blocks
+from tests import REPO
 from tests.asset.serve_helpers import exported_copy, free_port, png_bytes, serve_process, split_images
 
-REPO = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
 
 

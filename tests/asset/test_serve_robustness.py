@@ -23,9 +23,9 @@ from PIL import Image
 
 from asset.serve import Settings, create_app
 from asset.serve.batcher import DynamicBatcher
+from tests import REPO
 from tests.asset.serve_helpers import free_port, png_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 PNG = {"content-type": "image/png"}
 
 

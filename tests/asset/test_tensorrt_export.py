@@ -19,9 +19,9 @@ from asset.algorithm import Algorithm
 from asset.backends import backend_status, cuda_device_count, load_backend
 from asset.export import ExportError
 from asset.export import tensorrt as T
+from tests import REPO
 from tests.asset.backend_helpers import copy_model, make_model_dir, shared
 
-REPO = Path(__file__).resolve().parents[2]
 TORCH = ("torch", "lightning", "pytorch_lightning", "torchvision", "torchmetrics", "segmentation_models_pytorch",
          "timm")
 # Runs the asset CLI with BLOCKED modules unimportable; fails if torch & co. were imported all the same.

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.asset.backend_helpers import REPO
+from tests import REPO
 
 sys.path.insert(0, str(REPO))
 from scripts import gpu_check as G  # noqa: E402

@@ -14,7 +14,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 USER, PASSWORD = "ci-bot", "s3cret pass"
 
 

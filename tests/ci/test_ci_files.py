@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests import REPO
 
 sys.path.insert(0, str(REPO / "ci"))
 import pipeline  # noqa: E402

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 spec = importlib.util.spec_from_file_location("ci_engine", REPO / "ci" / "engine.py")
 engine = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(engine)
@@ -24,8 +25,13 @@ POPEN = subprocess.Popen
 
 
 def fake(program: str, *args: str) -> subprocess.Popen:
-    """A process whose argv[0] is `program` and whose arguments are `args` (Python sleeping underneath)."""
-    return POPEN([program, "-c", "import time; time.sleep(120)", *args], executable=sys.executable)
+    """A process whose argv[0] is `program` and whose arguments are `args` (Python sleeping underneath), returned once
+    it shows them: between fork and exec the child still carries the parent's command line."""
+    proc = POPEN([program, "-c", "import time; time.sleep(120)", *args], executable=sys.executable)
+    deadline = time.monotonic() + 30
+    while (engine._cmdline(proc.pid) or [""])[0] != program and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
 
 
 def gone(proc: subprocess.Popen, timeout: float = 30) -> bool:

@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from tests.conftest import REPO
+from tests import REPO
 
 from .smtp_helpers import Inbox, clean_env, free_port, start_server
 

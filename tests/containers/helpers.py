@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 CI = REPO / "ci"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import datatools.store
 from datatools.convert import write_dataset
 from datatools.store import new_staging_dir, remove_stale_staging
-from tests.conftest import REPO
+from tests import REPO
 from tests.datatools.test_core import make_parsed
 
 # A conversion of the tiny dataset whose first sample blocks until a line arrives on stdin.

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO
+
 SCRIPT = REPO / "scripts" / "device.py"
 _spec = importlib.util.spec_from_file_location("device_script", SCRIPT)
 device = importlib.util.module_from_spec(_spec)

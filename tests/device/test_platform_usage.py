@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from asset.cli import COMMANDS, build_parser
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(REPO.glob("platforms/*/Dockerfile"))
 
 
