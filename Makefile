@@ -15,7 +15,7 @@ OUT  ?= data
 DEMO ?= out/demo
 ARGS ?=
 
-.PHONY: help setup test demo bench bench-smoke lint serve clean \
+.PHONY: help setup test test-fast demo bench bench-smoke lint serve clean \
         datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2 datatool-synthetic datatool-folder
 
 help: ## list the targets
@@ -32,6 +32,9 @@ setup: $(STAMP) ## create .venv with every pinned dependency (idempotent)
 
 test: setup ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest
+
+test-fast: setup ## the edit loop: every test but the slow ones (training, exports, pipelines), under 2 minutes
+	$(BIN)/python -m pytest -m "not slow and not containers and not scaleout" $(ARGS)
 
 demo: setup ## end to end on the embedded synthetic dataset: generate, convert, validate, report, ...
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO)
