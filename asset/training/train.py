@@ -276,9 +276,14 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     t = dict(cfg["trainer"])
     plugins = [checkpoint_io()]
     if t.pop("sync_batchnorm", False):
-        from asset.training.sync_batchnorm import GlobalSyncBatchNorm
+        import torch
 
-        plugins.append(GlobalSyncBatchNorm())  # Lightning's own (torch's SyncBatchNorm) refuses CPU tensors
+        if t.get("accelerator") == "cpu" or not torch.cuda.is_available():
+            from asset.training.sync_batchnorm import GlobalSyncBatchNorm
+
+            plugins.append(GlobalSyncBatchNorm())  # torch's SyncBatchNorm refuses CPU tensors
+        else:
+            t["sync_batchnorm"] = True  # GPUs: Lightning's own, torch's SyncBatchNorm and its fused kernels
     if t.get("deterministic"):
         t["deterministic"] = "warn" if t.get("accelerator") not in ("cpu",) else True
     trainer = L.Trainer(
