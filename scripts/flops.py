@@ -11,7 +11,8 @@ cores x (FLOP per cycle of the microarchitecture, MICROARCHITECTURES below, else
 /proc/cpuinfo flags list) x clock. A measured fp32 GEMM (`gemm_gflops`) is reported beside it: the floor at the rate
 a real kernel reaches here. The clock is the highest the machine states
 (`stated_clock_ghz`: cpufreq's maximum, turbo included; /proc/cpuinfo "cpu MHz", the nominal clock under a
-hypervisor) or the one a measured fp32 GEMM implies, whichever is higher. A measured GEMM alone is no peak: BLAS
+hypervisor), where it states no maximum the highest boost clock of the parts this CPU can be (a hypervisor hides
+the host's turbo), or the one a measured fp32 GEMM implies, whichever is higher. A measured GEMM alone is no peak: BLAS
 libraries need not use the widest vectors a core has (MKL takes its AVX2 path on AMD cores), and ONNX Runtime's
 own kernels then beat it.
 """
@@ -32,30 +33,38 @@ import numpy as np
 # measured GEMM beats the row's peak at the stated clock), the widest instructions' best case is taken
 # (FP32_PER_CYCLE, INT8_MACS_PER_CYCLE: errs high, so the floor stays a floor). Every figure says which was used.
 #
-# vendor, family, model ranges, name, fp32 FLOP/cycle/core, int8 MAC/cycle/core, how. Sources: AMD's Software
-# Optimization Guides for family 17h (Zen, Zen 2), 19h (Zen 3, Zen 4) and 1Ah (Zen 5); Intel's Optimization Reference
-# Manual (port tables); Agner Fog's microarchitecture manual.
+# vendor, family, model ranges (first, last, highest boost clock in GHz of any part in the range, that part), name,
+# fp32 FLOP/cycle/core, int8 MAC/cycle/core, how. The boost clock bounds the clock where the machine states no
+# maximum (a hypervisor's /proc/cpuinfo gives the nominal clock while the host boosts above it). Sources: AMD's
+# Software Optimization Guides for family 17h (Zen, Zen 2), 19h (Zen 3, Zen 4) and 1Ah (Zen 5); Intel's Optimization
+# Reference Manual (port tables); Agner Fog's microarchitecture manual; the vendors' product pages (boost clocks).
 MICROARCHITECTURES = (
-    ("AuthenticAMD", 0x17, ((0x00, 0x2F),), "AMD Zen / Zen+", 16, 32,
+    ("AuthenticAMD", 0x17, ((0x00, 0x2F, 4.35, "Ryzen 7 2700X"),), "AMD Zen / Zen+", 16, 32,
      "2 x 128-bit FMA pipes (a 256-bit AVX2 op is split in two): 2 x 4 fp32 lanes x 2 FLOP; int8 2 x 128-bit "
      "VPMADDUBSW"),
-    ("AuthenticAMD", 0x17, ((0x30, 0xFF),), "AMD Zen 2", 32, 64,
+    ("AuthenticAMD", 0x17, ((0x30, 0x3F, 3.9, "EPYC 7F52"), (0x40, 0xFF, 4.7, "Ryzen 9 3950X")), "AMD Zen 2", 32, 64,
      "2 x 256-bit FMA pipes: 2 x 8 fp32 lanes x 2 FLOP; int8 2 x 256-bit VPMADDUBSW"),
-    ("AuthenticAMD", 0x19, ((0x00, 0x0F), (0x20, 0x5F)), "AMD Zen 3", 32, 64,
+    ("AuthenticAMD", 0x19, ((0x00, 0x0F, 4.1, "EPYC 72F3"), (0x20, 0x5F, 5.0, "Ryzen 9 6980HX")), "AMD Zen 3", 32, 64,
      "2 x 256-bit FMA pipes: 2 x 8 fp32 lanes x 2 FLOP; int8 2 x 256-bit VPMADDUBSW"),
-    ("AuthenticAMD", 0x19, ((0x10, 0x1F), (0x60, 0x7F), (0xA0, 0xAF)), "AMD Zen 4", 32, 64,
+    ("AuthenticAMD", 0x19, ((0x10, 0x1F, 4.4, "EPYC 9174F"), (0x60, 0x7F, 5.7, "Ryzen 9 7950X"),
+                            (0xA0, 0xAF, 3.1, "EPYC 9754")), "AMD Zen 4", 32, 64,
      "AVX-512 on 2 x 256-bit FMA pipes (a 512-bit op takes two passes): 32 fp32 FLOP; int8 VNNI at 256 bits per "
      "pass: 2 x 32 u8*s8 MACs"),
-    ("AuthenticAMD", 0x1A, ((0x00, 0xFF),), "AMD Zen 5", 64, 128,
+    ("AuthenticAMD", 0x1A, ((0x00, 0xFF, 5.7, "Ryzen 9 9950X"),), "AMD Zen 5", 64, 128,
      "2 x 512-bit FMA pipes (server and desktop parts): 2 x 16 fp32 lanes x 2 FLOP; int8 2 x 512-bit VPDPBUSD"),
-    ("GenuineIntel", 6, ((0x3C, 0x3C), (0x3F, 0x3F), (0x45, 0x47), (0x4E, 0x4F), (0x56, 0x56), (0x5E, 0x5E),
-                         (0x8E, 0x8E), (0x9E, 0x9E), (0xA5, 0xA5)), "Intel Haswell .. Comet Lake", 32, 64,
-     "2 x 256-bit FMA ports: 2 x 8 fp32 lanes x 2 FLOP; int8 2 x 256-bit VPMADDUBSW"),
-    ("GenuineIntel", 6, ((0x55, 0x55), (0x6A, 0x6A), (0x6C, 0x6C)), "Intel Skylake-SP .. Ice Lake-SP", 64, 128,
+    ("GenuineIntel", 6, tuple((m, m, 5.3, "Core i9-10900K") for m in (0x3C, 0x3F, 0x45, 0x46, 0x47, 0x4E, 0x4F, 0x56,
+                                                                   0x5E, 0x8E, 0x9E, 0xA5)),
+     "Intel Haswell .. Comet Lake", 32, 64, "2 x 256-bit FMA ports: 2 x 8 fp32 lanes x 2 FLOP; int8 2 x 256-bit "
+     "VPMADDUBSW"),
+    ("GenuineIntel", 6, tuple((m, m, 4.8, "Core i9-10980XE") for m in (0x55, 0x6A, 0x6C)),
+     "Intel Skylake-SP .. Ice Lake-SP", 64, 128,
      "2 x 512-bit FMA ports (parts with one 512-bit FMA unit do half: errs high); int8 2 x VPDPBUSD zmm"),
-    ("GenuineIntel", 6, ((0x8F, 0x8F), (0xCF, 0xCF), (0xAD, 0xAE)), "Intel Sapphire Rapids .. Granite Rapids", 64,
-     1024, "2 x 512-bit FMA ports; int8 AMX TDPBUSD: 16x16x64 = 16,384 u8*s8 MACs per 16 cycles"),
+    ("GenuineIntel", 6, tuple((m, m, 4.8, "Xeon w9-3495X") for m in (0x8F, 0xCF, 0xAD, 0xAE)),
+     "Intel Sapphire Rapids .. Granite Rapids", 64, 1024,
+     "2 x 512-bit FMA ports; int8 AMX TDPBUSD: 16x16x64 = 16,384 u8*s8 MACs per 16 cycles"),
 )
+# Where neither the machine nor the table bounds the clock: the highest boost clock of any x86 part.
+X86_HIGHEST_BOOST = (6.2, "Core i9-14900KS")
 # By instruction set (the fallback): each row is the best the ISA allows on any core that has it.
 FP32_PER_CYCLE = (("avx512f", 64, "2 x 512-bit FMA (16 fp32 lanes) x 2 FLOP"),
                   ("avx2+fma", 32, "2 x 256-bit FMA (8 fp32 lanes) x 2 FLOP"),
@@ -175,7 +184,7 @@ def microarchitecture(facts: dict) -> tuple[tuple | None, str]:
     by_id, id_why = None, f"{ident} not in the table"
     if fam is not None and mod is not None:
         for row in MICROARCHITECTURES:
-            if row[0] == facts.get("vendor") and row[1] == fam and any(lo <= mod <= hi for lo, hi in row[2]):
+            if row[0] == facts.get("vendor") and row[1] == fam and any(r[0] <= mod <= r[1] for r in row[2]):
                 if _has_avx512(row) == ("avx512f" in flags):
                     by_id, id_why = row, f"{ident}: {row[3]}"
                 else:
@@ -192,26 +201,41 @@ def microarchitecture(facts: dict) -> tuple[tuple | None, str]:
     return None, id_why
 
 
+def highest_boost(row: tuple | None, facts: dict) -> tuple[float, str]:
+    """(GHz, part) of the fastest part this CPU can be: the table row's model range that holds its CPUID model, else
+    the row's fastest range (a hypervisor's stand-in model), else the fastest x86 part of any kind."""
+    if row is None:
+        return X86_HIGHEST_BOOST
+    if facts.get("family") == row[1]:
+        for first, last, ghz, part in row[2]:
+            if first <= (facts.get("model_number") or -1) <= last:
+                return ghz, part
+    _, _, ghz, part = max(row[2], key=lambda r: r[2])
+    return ghz, part
+
+
 def peak_rates(cores: int, cpuinfo: str, clock_ghz: float | None = None, gemm_gflops: float | None = None) -> dict:
     """Peak fp32 FLOP/s and int8 OP/s (a MAC = 2 OP) of `cores` cores, and how they were derived.
 
     Per core and cycle: the microarchitecture's width (`microarchitecture`, MICROARCHITECTURES), else the widest
     instructions' best case (FP32_PER_CYCLE / INT8_MACS_PER_CYCLE); a row that a measured fp32 GEMM beats at the
-    clock the row would need is not this core, and the next evidence is taken (the source says so).
-    The clock is the highest of: `clock_ghz` (`stated_clock_ghz`, cpufreq's maximum), the stated one (/proc/cpuinfo; under a
-    hypervisor the nominal clock, not the turbo one) and the one a measured fp32 GEMM implies (rate / (cores x fp32
-    FLOP per cycle): the cores ran at least that fast). Each can only be too low, so the highest is the best bound.
-    `gemm_gflops` is kept beside the peak (`gemm_gflops`): the rate a real fp32 kernel reached here."""
+    clock the row allows is not this core, and the next evidence is taken (the source says so).
+    The clock is the highest of: `clock_ghz` (`stated_clock_ghz`, cpufreq's maximum, turbo included), the stated one
+    (/proc/cpuinfo; under a hypervisor the nominal clock, not the turbo one), where no maximum is stated the highest
+    boost clock of the parts this CPU can be (`highest_boost`), and the one a measured fp32 GEMM implies (rate /
+    (cores x fp32 FLOP per cycle): the cores ran at least that fast). Each can only be too low, so the highest is the
+    best bound. `gemm_gflops` is kept beside the peak (`gemm_gflops`): the rate a real fp32 kernel reached here."""
     facts = cpu_facts(cpuinfo)
     fp_isa, fp_isa_cycle, fp_isa_why = _best(FP32_PER_CYCLE, facts["flags"])
     i8_isa, i8_isa_cycle, i8_isa_why = _best(INT8_MACS_PER_CYCLE, facts["flags"])
     known = max(clock_ghz or 0.0, (facts["mhz"] or 0.0) / 1000)
     row, why = microarchitecture(facts)
-    if row is not None and gemm_gflops and known > 0 and gemm_gflops > 1.02 * cores * row[4] * known:
-        beaten = (f"{why} dropped: the fp32 GEMM reached {gemm_gflops:.0f} GFLOP/s, more than its "
-                  f"{cores * row[4] * known:.0f} at {known:.2f} GHz")
-        row = None
-        why = beaten
+    if row is not None and gemm_gflops:
+        row_clock = known if clock_ghz else max(known, highest_boost(row, facts)[0])
+        if row_clock > 0 and gemm_gflops > 1.02 * cores * row[4] * row_clock:
+            why = (f"{why} dropped: the fp32 GEMM reached {gemm_gflops:.0f} GFLOP/s, more than its "
+                   f"{cores * row[4] * row_clock:.0f} at {row_clock:.2f} GHz")
+            row = None
     if row is not None:
         name, fp_cycle, i8_cycle, how = row[3], row[4], row[5], row[6]
         fp = {"isa": name, "flop_per_cycle_core": fp_cycle, "how": how, "source": why}
@@ -221,11 +245,12 @@ def peak_rates(cores: int, cpuinfo: str, clock_ghz: float | None = None, gemm_gf
         src = f"{why}; widest instructions' best case"
         fp = {"isa": fp_isa, "flop_per_cycle_core": fp_cycle, "how": fp_isa_why, "source": src}
         i8 = {"isa": i8_isa, "macs_per_cycle_core": i8_cycle, "how": i8_isa_why, "source": src}
-    clocks = {"cpufreq cpuinfo_max_freq": clock_ghz or 0.0, "/proc/cpuinfo cpu MHz": (facts["mhz"] or 0.0) / 1000,
-              "implied by the fp32 GEMM": (gemm_gflops or 0.0) / (cores * fp_cycle)}
+    clocks = {"cpufreq cpuinfo_max_freq": clock_ghz or 0.0, "/proc/cpuinfo cpu MHz": (facts["mhz"] or 0.0) / 1000}
+    if not clock_ghz:
+        boost, part = highest_boost(row, facts)
+        clocks[f"boost clock of the {part} (no maximum stated here)"] = boost
+    clocks["implied by the fp32 GEMM"] = (gemm_gflops or 0.0) / (cores * fp_cycle)
     source, ghz = max(clocks.items(), key=lambda kv: kv[1])
-    if ghz <= 0:
-        raise ValueError("no clock: cpufreq states none, /proc/cpuinfo states no 'cpu MHz' and no GEMM rate was given")
     fp["gflops"] = cores * fp_cycle * ghz
     i8["gops"] = cores * 2 * i8_cycle * ghz
     return {"cpu": facts["model"], "vendor": facts["vendor"], "family": facts["family"],

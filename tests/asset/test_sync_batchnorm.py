@@ -43,7 +43,10 @@ def _rank(rank: int, port: int, queue) -> None:
         grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
         for gr in grads:  # the sum of both ranks' losses: what one process computes on the whole batch
             dist.all_reduce(gr)
-        queue.put((rank, y.detach(), xs.grad, grads, bn.running_mean.clone(), bn.running_var.clone()))
+        # numpy arrays travel by value: a tensor travels as a file descriptor that the parent must fetch while the
+        # child still lives, and this child may already have exited
+        arrays = [t.detach().numpy().copy() for t in (y, xs.grad, *grads, bn.running_mean, bn.running_var)]
+        queue.put((rank, *arrays))
     finally:
         dist.destroy_process_group()
 
@@ -63,7 +66,7 @@ def test_two_ranks_compute_what_one_process_computes_on_the_whole_batch():
     procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in (0, 1)]
     for p in procs:
         p.start()
-    got = dict((item[0], item[1:]) for item in (queue.get(timeout=120) for _ in procs))
+    got = {item[0]: [torch.from_numpy(a) for a in item[1:]] for item in (queue.get(timeout=120) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
@@ -73,10 +76,10 @@ def test_two_ranks_compute_what_one_process_computes_on_the_whole_batch():
     torch.testing.assert_close(out, y.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad_x, xr.grad, atol=1e-5, rtol=1e-5)
     for r in (0, 1):
-        torch.testing.assert_close(got[r][2][0], ref.weight.grad, atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(got[r][2][1], ref.bias.grad, atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(got[r][3], ref.running_mean, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(got[r][4], ref.running_var, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[r][2], ref.weight.grad, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(got[r][3], ref.bias.grad, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(got[r][4], ref.running_mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[r][5], ref.running_var, atol=1e-5, rtol=1e-5)
 
 
 def test_outside_ddp_it_is_a_plain_batchnorm_and_convert_revert_keep_the_state():
