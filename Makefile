@@ -15,7 +15,7 @@ OUT  ?= data
 DEMO ?= out/demo
 ARGS ?=
 
-.PHONY: help setup test test-fast demo bench bench-smoke lint serve clean \
+.PHONY: help setup test test-fast demo bench bench-smoke lint lock serve clean \
         datatool-dagm datatool-kolektorsdd datatool-kolektorsdd2 datatool-synthetic datatool-folder
 
 help: ## list the targets
@@ -55,6 +55,9 @@ serve: setup ## serve a model over HTTP until Ctrl-C: make serve [MODEL=out/demo
 
 lint: setup ## ruff over the Python code
 	$(BIN)/ruff check datatools asset tests scripts
+
+lock: ## re-resolve the images' hash locks (*/requirements.lock) against PyPI after a requirement file changed
+	$(PYTHON) ci/lock.py
 
 # Containers. Builds need BuildKit (RUN --mount): Docker >= 23, or DOCKER_BUILDKIT=1 with 20.10
 # (a client that refuses BuildKit without buildx can be swapped: make images DOCKER=/usr/bin/docker).

@@ -272,8 +272,13 @@ def offline_build_args(unit: Unit) -> dict[str, str]:
     if bases.returncode != 0 or not base:
         raise PipelineError(f"ci/base-images.py {arch} failed:\n{bases.stderr[-3000:]}")
     context = REPO / unit.target.context
-    named = re.findall(r"[\w./-]*requirements[\w-]*\.txt", (REPO / unit.target.dockerfile_path).read_text())
-    files = sorted({str(context / r) for r in named if (context / r).is_file()}) or [str(context / "requirements.txt")]
+    # the hash lock the Dockerfile installs (ci/lock.py): the wheelhouse is downloaded from it, each wheel checked;
+    # an image without one (x86-cuda: see ci/lock.py) from its requirement files
+    text = (REPO / unit.target.dockerfile_path).read_text()
+    files = []
+    for pattern in (r"[\w./-]*requirements[\w-]*\.lock", r"[\w./-]*requirements[\w-]*\.txt"):
+        files = files or sorted({str(context / r) for r in re.findall(pattern, text) if (context / r).is_file()})
+    files = files or [str(context / "requirements.lock")]
     tag = f"defect-ci/wheels:{unit.id}"
     wheels = subprocess.run([sys.executable, "ci/wheelhouse.py", "--platform", unit.platform,
                              *(x for f in files for x in ("-r", f)), "--image", tag],

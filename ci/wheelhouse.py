@@ -2,15 +2,16 @@
 """An offline wheelhouse for an image, made on the host the way air-gapped sites do it.
 
 `pip download --only-binary=:all:` for the image's platform and Python fetches every wheel the
-image's requirements need (plus the build backend of our own packages); the Dockerfiles install
-from it with `pip install --no-index` when they are given one. Proves, as a side effect, that every
+image's hash lock lists (ci/lock.py; each wheel checked against its SHA-256, build backend included),
+or a requirement file needs; the Dockerfiles install from it with `pip install --no-index
+--require-hashes` when they are given one. Proves, as a side effect, that every
 requirement has a wheel for that platform: a missing one fails here, with pip's message.
 
 The wheelhouse is cached in $DEFECT_CI_CACHE/wheels (default ~/.cache/defect-ci) under a key of
 platform, Python and requirement files. `--image TAG` also packs it into a `FROM scratch` image,
 which the Dockerfiles mount (`--build-arg WHEELS=TAG`; BuildKit, no copy into any layer).
 
-    python ci/wheelhouse.py --platform linux/arm64 -r asset/requirements-runtime.txt --image defect/wheels:rpi4
+    python ci/wheelhouse.py --platform linux/arm64 -r platforms/rpi4/requirements.lock --image defect/wheels:rpi4
 """
 
 from __future__ import annotations
@@ -64,11 +65,15 @@ def download(platform: str, python: str, requirements: list[Path], dest: Path | 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     abi = "cp" + python.replace(".", "")
+    # A hash lock (ci/lock.py) lists every package with its wheels' SHA-256, build backend included: pip checks
+    # each download against it, so the wheelhouse holds exactly what PyPI published
+    locked = all(p.suffix == ".lock" for p in requirements)
+    extra = ["--require-hashes", "--no-deps"] if locked else BUILD_REQUIREMENTS
     # --no-cache-dir: the wheelhouse is the cache; pip's HTTP cache would hold every wheel a second time
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-cache-dir",
            "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--abi", abi,
            *[arg for tag in platform_tags(platform) for arg in ("--platform", tag)],
-           "-d", str(staging), *BUILD_REQUIREMENTS, *[arg for p in requirements for arg in ("-r", str(p))]]
+           "-d", str(staging), *extra, *[arg for p in requirements for arg in ("-r", str(p))]]
     print(f"wheelhouse: downloading wheels for {platform}, Python {python} -> {folder}", file=sys.stderr, flush=True)
     result = subprocess.run(cmd)
     if result.returncode != 0:

@@ -47,8 +47,9 @@ python "$here/bench_server.py" "${q[@]}" --workloads "$workloads" --out "$out/se
 {
   echo
   echo "FLOP floor = FLOPs of the network at the timed input (torch counter, checked against the ONNX graph) / the"
-  echo "cores' peak (cores x FP32 FLOP or INT8 MAC per cycle of the microarchitecture x measured clock,"
-  echo "\`scripts/flops.py\`; each row names where its per-cycle width came from), with the floor at the rate of this run's"
+  echo "cores' peak (cores x FP32 FLOP or INT8 MAC per cycle of the microarchitecture x the highest clock the machine"
+  echo "or, where it states no maximum, the fastest part of that microarchitecture allows: \`scripts/flops.py\`; each"
+  echo "row names where its per-cycle width came from), with the floor at the rate of this run's"
   echo "fp32 GEMM beside it; a ratio >= 1 is how many times slower than that floor. Ratios between engines are measured"
   echo "in turns in one run; the load average above says how busy the machine was."
 } >> "$summary"

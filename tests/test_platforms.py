@@ -49,10 +49,48 @@ def test_dockerfile_copies_exist_and_ends_with_usage(dockerfile):
     assert "Usage" in text.split("\n# Usage")[-1] or "usage" in text.lower()
 
 
-PUBLIC_BASES = {"asset/Dockerfile": "python:3.11-slim", "datatools/Dockerfile": "python:3.11-slim",
-                "platforms/x86-cpu/Dockerfile": "python:3.11-slim", "platforms/x86-cuda/Dockerfile": "python:3.11-slim",
-                "platforms/rpi4/Dockerfile": "python:3.11-slim-bookworm",
+PINNED_PYTHON = "python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b"
+PUBLIC_BASES = {"asset/Dockerfile": PINNED_PYTHON, "datatools/Dockerfile": PINNED_PYTHON,
+                "platforms/x86-cpu/Dockerfile": PINNED_PYTHON, "platforms/x86-cuda/Dockerfile": PINNED_PYTHON,
+                "platforms/rpi4/Dockerfile": PINNED_PYTHON,
                 "platforms/jetson/Dockerfile": "nvcr.io/nvidia/l4t-jetpack:"}
+# Dockerfile -> the hash lock it installs (ci/lock.py); x86-cuda has none (tensorrt-cu12: NVIDIA's own index)
+LOCKS = {"asset/Dockerfile": "asset/requirements.lock", "datatools/Dockerfile": "/src/datatools/requirements.lock",
+         "platforms/x86-cpu/Dockerfile": "platforms/x86-cpu/requirements.lock",
+         "platforms/rpi4/Dockerfile": "platforms/rpi4/requirements.lock",
+         "platforms/jetson/Dockerfile": "platforms/jetson/requirements.lock"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_base_is_pinned_by_digest_and_requirements_by_hash(dockerfile):
+    """A public base is pulled by digest (a moved tag cannot change the image), every wheel is installed with
+    --require-hashes from the image's lock; our own packages without fetching a build backend. The exceptions
+    say why in the Dockerfile."""
+    text = dockerfile.read_text()
+    rel = str(dockerfile.relative_to(REPO))
+    base = re.search(r"^ARG BASE=(\S+)$", text, re.M)[1]
+    if rel == "platforms/jetson/Dockerfile":
+        assert "not pinned by digest" in text
+    else:
+        assert re.fullmatch(r"[\w.:/-]+@sha256:[0-9a-f]{64}", base), base
+    instructions = re.sub(r"\\\n", " ", text).splitlines()
+    installs = [line for line in instructions if line.startswith("RUN") and "pip install" in line]
+    if rel == "platforms/x86-cuda/Dockerfile":
+        assert "Not hash-locked" in text
+        return
+    requirements = [r for run in installs for r in re.findall(r"-r (\S+)", run)]
+    assert requirements == [LOCKS[rel]], requirements
+    for run in installs:
+        for command in run.split("&&"):
+            if "pip install" in command:
+                assert ("--require-hashes" in command) != ("--no-deps" in command and "--no-build-isolation" in command), \
+                    f"an install neither hash-checked nor of our own package alone: {command}"
+
+
+def test_compose_builds_from_the_dockerfiles_pinned_base():
+    text = (REPO / "docker-compose.yml").read_text()
+    assert f'x-base: &base "${{BASE:-{PINNED_PYTHON}}}"' in text
+    assert "python:3.11-slim\"" not in text and text.count("BASE: *base") == 6
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))

@@ -145,7 +145,7 @@ def _record(built, env, tag, seconds):
 @pytest.fixture(scope="session")
 def datatool_images(docker_env, base_amd64, built) -> dict[str, str]:
     """defect/datatool-{synthetic,dagm}:ci (one Dockerfile, DATASET arg; one layer cache)."""
-    wheels = wheels_image(docker_env, "datatools", ["datatools/requirements.txt"])
+    wheels = wheels_image(docker_env, "datatools", ["datatools/requirements.lock"])
     tags = {}
     for dataset in ("synthetic", "dagm"):
         tag = f"defect/datatool-{dataset}:{TAG}"
@@ -159,7 +159,7 @@ def datatool_images(docker_env, base_amd64, built) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def asset_image(docker_env, base_amd64, built) -> str:
     """defect/asset:ci, the full stack (torch); the slowest build, done once."""
-    wheels = wheels_image(docker_env, "asset", ["datatools/requirements.txt", "asset/requirements.txt"])
+    wheels = wheels_image(docker_env, "asset", ["asset/requirements.lock"])
     tag = f"defect/asset:{TAG}"
     _record(built, docker_env, tag, make_image(docker_env, "image-asset", tag, base_amd64, wheels, TAG))
     release_wheels(docker_env, wheels)
@@ -168,8 +168,7 @@ def asset_image(docker_env, base_amd64, built) -> str:
 
 @pytest.fixture(scope="session")
 def x86_cpu_image(docker_env, base_amd64, built) -> str:
-    wheels = wheels_image(docker_env, "x86-cpu", ["asset/requirements-runtime.txt",
-                                                  "platforms/x86-cpu/requirements-openvino.txt"])
+    wheels = wheels_image(docker_env, "x86-cpu", ["platforms/x86-cpu/requirements.lock"])
     tag = f"defect/asset:x86-cpu-{TAG}"
     _record(built, docker_env, tag, make_image(docker_env, "image-x86-cpu", tag, base_amd64, wheels, TAG))
     release_wheels(docker_env, wheels)
@@ -178,7 +177,7 @@ def x86_cpu_image(docker_env, base_amd64, built) -> str:
 
 @pytest.fixture(scope="session")
 def rpi4_image(docker_env, base_arm64, built) -> str:
-    wheels = wheels_image(docker_env, "rpi4", ["asset/requirements-runtime.txt"], platform="linux/arm64")
+    wheels = wheels_image(docker_env, "rpi4", ["platforms/rpi4/requirements.lock"], platform="linux/arm64")
     tag = f"defect/asset:rpi4-{TAG}"
     _record(built, docker_env, tag, make_image(docker_env, "image-rpi4", tag, base_arm64, wheels, TAG))
     release_wheels(docker_env, wheels)

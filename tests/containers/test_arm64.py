@@ -16,7 +16,7 @@ from pycocotools import mask as coco_mask
 from tests.containers.conftest import TAG
 from tests.containers.helpers import REPO, build, docker, free_port, release_wheels, wheelhouse, wheels_image
 
-JETSON_REQUIREMENTS = ["asset/requirements-runtime.txt", "platforms/jetson/requirements-jetson.txt"]
+JETSON_REQUIREMENTS = ["platforms/jetson/requirements.lock"]  # hash-locked (ci/lock.py)
 
 
 def test_rpi4_image_runs_emulated(docker_env, rpi4_image):
