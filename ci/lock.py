@@ -122,7 +122,7 @@ def render(lock: str, spec: dict, resolved: dict[tuple[str, str], dict[str, tupl
     """The lock file: a header naming its sources (with their SHA-256) and targets, then one entry per package
     with the hash of each target's wheel (a package whose version differs between targets is an error)."""
     merged: dict[str, tuple[str, set[str]]] = {}
-    for target, packages in resolved.items():
+    for packages in resolved.values():
         for name, (version, digest) in packages.items():
             have = merged.setdefault(name, (version, set()))
             if have[0] != version:
