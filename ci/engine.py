@@ -29,6 +29,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import apt  # noqa: E402  (ci/ is not a package: these run as plain scripts on bare runners)
+
 # Debian's 20.10 client runs BuildKit builds without buildx; a newer client elsewhere on PATH refuses to.
 DOCKER = "/usr/bin/docker"
 PACKAGES = ["docker.io", "docker-compose", "docker-registry", "qemu-user-static", "binfmt-support", "debootstrap"]
@@ -51,17 +54,7 @@ def missing_packages() -> list[str]:
 
 def install_packages() -> None:
     """apt-get the engine packages that are missing (root only: a user's machine is never changed)."""
-    missing = missing_packages()
-    if not missing:
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise EngineError(f"missing {', '.join(missing)}; install as root: apt-get install {' '.join(PACKAGES)}")
-    log(f"installing {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise EngineError(f"{' '.join(cmd)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    apt.install(missing_packages(), EngineError, log)
 
 
 def reachable(env: dict[str, str] | None = None) -> bool:

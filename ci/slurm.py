@@ -31,6 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import apt  # noqa: E402  (ci/ is not a package: these run as plain scripts on bare runners)
+
 PACKAGES = ["slurm-wlm", "munge"]
 NEEDED = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "sbatch": "slurm-wlm", "srun": "slurm-wlm",
           "squeue": "slurm-wlm", "scancel": "slurm-wlm", "scontrol": "slurm-wlm", "sinfo": "slurm-wlm",
@@ -57,17 +60,7 @@ def missing_packages() -> list[str]:
 
 def install_packages() -> None:
     """apt-get slurm-wlm and munge when missing (root only: a user's machine is never changed)."""
-    missing = missing_packages()
-    if not missing:
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise SlurmError(f"missing {', '.join(missing)}; install as root: apt-get install {' '.join(PACKAGES)}")
-    log(f"installing {' '.join(PACKAGES)} (apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SlurmError(f"{' '.join(cmd)} failed:\n{result.stdout[-1500:]}{result.stderr[-1500:]}")
+    apt.install(missing_packages(), SlurmError, log)
     if missing_packages():
         raise SlurmError(f"still missing after apt-get: {', '.join(missing_packages())}")
 
