@@ -15,13 +15,18 @@ import pytest
 
 from asset.predictor import Predictor
 from asset.serve import Settings, create_app
-from tests import REPO
+from tests import REPO, unavailable
 from tests.asset.serve_helpers import LoopbackServer, exported_copy, split_images
 
 KEY = "page-k3y"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}: Debian's chromium "
-                                "is needed (apt-get install -y chromium; CI installs it)")
+
+
+@pytest.fixture(autouse=True)
+def chromium():
+    if not Path(CHROMIUM).exists():
+        unavailable(f"no chromium at {CHROMIUM}: Debian's chromium is needed (apt-get install -y chromium; .ci/run "
+                    "installs it)")
 
 
 @pytest.fixture(scope="module")

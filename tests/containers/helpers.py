@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
 
-from tests import REPO
+from tests import REPO, ci  # noqa: F401  (ci: the helpers' users import it from here)
 
 CI = REPO / "ci"
 
@@ -123,5 +122,4 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+

@@ -13,6 +13,7 @@ import sys
 import pytest
 import yaml
 
+from tests import unavailable
 from tests.conftest import REPO
 
 K8S = REPO / "deploy" / "k8s"
@@ -47,7 +48,7 @@ def test_overlay_validates_against_vendored_schemas(rendered, name):
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_python_renderer_equals_kustomize(rendered, name):
     if check.kustomize_command() is None:
-        pytest.skip("no kustomize or kubectl on PATH: the Python renderer alone was checked (see deploy/k8s/README.md)")
+        unavailable("no kustomize or kubectl on PATH: the Python renderer alone was checked (see deploy/k8s/README.md)")
     key = check._ident
     assert sorted(check.render_kustomize(K8S / name), key=key) == sorted(rendered[name], key=key)
 
