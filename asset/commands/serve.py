@@ -36,7 +36,7 @@ def register(sub) -> None:
         "(what a container sets); options win over the environment.",
         epilog="Routes: POST /predict, POST /predict/batch, GET /healthz, GET /readyz, GET /model, GET /metrics, "
         "GET / (a page to try images), GET /docs (OpenAPI).\n\nEnvironment: "
-        + ", ".join([*Settings.env_names().values(), "ASSET_PUBLISHED_HOST"]) + ".\n\n"
+        + ", ".join(Settings.env_names().values()) + ".\n\n"
         "Cost of one image: the network never sees more than MAX_INPUT_FACTOR x the training input size (model.json "
         "input.train_size) of one image; larger images run as tiles of the training size, shrunk first if more than "
         "MAX_INPUT_FACTOR tiles would be needed. The mask is always returned at the upload's size.\n\n"
@@ -67,8 +67,6 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     import uvicorn
 
     from asset.serve import Settings, create_app
@@ -90,11 +88,11 @@ def run(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    published = os.environ.get("ASSET_PUBLISHED_HOST", "").strip()
+    published = (settings.published_host or "").strip()
     exposed = published or host  # in a container, where its port is published is what other machines reach
     warning = exposure_warning(exposed, settings.api_key)
     if warning and not settings.allow_no_api_key:
-        where = f"published on {exposed} (ASSET_PUBLISHED_HOST)" if published else f"listening on {host}"
+        where = f"published on {exposed} (--published-host / ASSET_PUBLISHED_HOST)" if published else f"listening on {host}"
         print(f"error: no API key and {where}, beyond loopback: refused. Set --api-key-file / ASSET_API_KEY_FILE "
               "or ASSET_API_KEY; or listen (publish) on 127.0.0.1 only; or pass --allow-no-api-key "
               "(ASSET_ALLOW_NO_API_KEY=1) to serve anyone who can reach the port", file=sys.stderr)

@@ -45,6 +45,9 @@ class Settings:
     load_attempts: int = setting(3, "tries to load the model before the server exits non-zero (default 3)")
     load_retry_s: float = setting(2.0, "wait before the second load try, doubled for each further one (default 2)")
     host: str = setting("127.0.0.1", "bind address (default 127.0.0.1)")
+    published_host: str | None = setting(None, "the address other machines reach the port on, when it is not --host "
+                                               "(a container listens on 0.0.0.0 and is published with -p "
+                                               "127.0.0.1:8000:8000): the no-API-key rule judges this address")
     port: int = setting(8000, "port (default 8000)")
     warmup: bool = setting(True, "run the model once before /readyz says ready", public=False)  # tests turn it off
 

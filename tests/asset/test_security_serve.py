@@ -112,12 +112,13 @@ def test_serve_is_closed_by_default_beyond_loopback(served_model, monkeypatch, c
     key.write_text("from-a-file\n")
     assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0", "--api-key-file", str(key)]) == 0
     assert main(["serve", "--model", str(served_model), "--host", "127.0.0.1"]) == 0
+    assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0", "--published-host", "127.0.0.1"]) == 0
     monkeypatch.setenv("ASSET_PUBLISHED_HOST", "127.0.0.1")  # in a container, published on the host's loopback
     assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0"]) == 0
     assert not [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "asset.serve"]
     monkeypatch.setenv("ASSET_PUBLISHED_HOST", "0.0.0.0")
     assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0"]) == 2
-    assert "published on 0.0.0.0 (ASSET_PUBLISHED_HOST)" in capsys.readouterr().err
+    assert "published on 0.0.0.0 (--published-host / ASSET_PUBLISHED_HOST)" in capsys.readouterr().err
     monkeypatch.setenv("ASSET_ALLOW_NO_API_KEY", "1")
     assert main(["serve", "--model", str(served_model), "--host", "0.0.0.0"]) == 0
 
