@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asset import modeldir, scoring
+from asset import files, modeldir, scoring
 from asset.algorithm import Algorithm, load_image
 from asset.backends import BACKENDS, BackendError, backend_status, canonical_name, get_spec, load_backend
 
@@ -306,8 +306,8 @@ def write_results(doc: dict, out: Path, render=to_markdown) -> tuple[Path, Path]
     """OUT.md (the document rendered by `render`) and OUT.json (atomic)."""
     out = Path(out)
     md, js = out.with_suffix(".md"), out.with_suffix(".json")
-    modeldir.write_text_atomic(md, render(doc))
-    modeldir.write_json_atomic(js, doc)
+    files.write_text_atomic(md, render(doc))
+    files.write_json_atomic(js, doc)
     return md, js
 
 

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from asset import modeldir
+from asset import files, modeldir
 
 CV_SCHEMA = "asset-cv/1"
 CALIBRATIONS = ("train+val", "oof")
@@ -99,7 +99,7 @@ def write_fold_dataset(root: Path, version_dir: Path, fold_doc: dict) -> Path:
     tmp.mkdir()
     for top in sorted({Path(s["image"]).parts[0] for s in fold_doc["samples"]}):
         os.symlink(Path(version_dir).resolve() / top, tmp / top)
-    modeldir.write_json_atomic(tmp / "dataset.json", fold_doc)
+    files.write_json_atomic(tmp / "dataset.json", fold_doc)
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished the same folder first: it is identical (content version)
@@ -196,7 +196,7 @@ def run_cv(cfg: dict, data: str | os.PathLike, out: str | os.PathLike, folds: in
             "folds": folds, "seeds": [base_seed + i for i in range(seeds)], "val_fraction": val_fraction,
             "objects": {g: k for g, k in sorted(assignment.items())}, "config": cfg}
     _check_same_plan(out, plan)
-    modeldir.write_json_atomic(out / "plan.json", plan)
+    files.write_json_atomic(out / "plan.json", plan)
     runs: dict[tuple[int, int], dict] = {}
     for fold in range(folds):
         fdoc = fold_document(doc, fold, folds, assignment, val_fraction, base_seed)
@@ -209,8 +209,8 @@ def run_cv(cfg: dict, data: str | os.PathLike, out: str | os.PathLike, folds: in
                 continue
             runs[(fold, seed)] = _run_one(cfg, fdir, rdir, seed, fold, folds, train)
     results = summarise(plan, runs, calibration)
-    modeldir.write_json_atomic(out / "cv.json", results)
-    modeldir.write_text_atomic(out / "cv.md", markdown(results))
+    files.write_json_atomic(out / "cv.json", results)
+    files.write_text_atomic(out / "cv.md", markdown(results))
     return results
 
 
@@ -259,7 +259,7 @@ def _run_one(cfg: dict, fold_dir: Path, run_dir: Path, seed: int, fold: int, fol
     scored.update({"fold": fold, "seed": seed, "train_seconds": (card.get("training") or {}).get(
         "seconds_this_session"), "epochs": (card.get("training") or {}).get("epochs"), "wall_seconds":
         round(time.time() - t0, 1)})
-    modeldir.write_json_atomic(scores_path, scored)
+    files.write_json_atomic(scores_path, scored)
     return scored
 
 

@@ -112,7 +112,7 @@ def write_report(out_dir: Path, metrics: dict, records: list[Record], samples: l
 
     from PIL import Image
 
-    from asset.modeldir import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from asset.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)

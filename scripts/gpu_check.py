@@ -203,7 +203,7 @@ def verdict(doc: dict) -> list[dict]:
 
 def write_results(doc: dict, out: Path) -> str:
     """The verdict, then gpu-check.json and gpu-check.md in `out`, each written whole (modeldir's atomic writes)."""
-    from asset.modeldir import write_text_atomic
+    from asset.files import write_text_atomic
 
     doc["verdict"] = verdict(doc)
     text = markdown(doc)

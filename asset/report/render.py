@@ -9,7 +9,7 @@ import io
 import re
 from pathlib import Path
 
-from asset import modeldir
+from asset import files
 from asset.report.analysis import Point, pareto_front, recommend, spearman, summary
 from asset.report.collect import Collected, Model, ReportError
 
@@ -329,9 +329,9 @@ def write_report(b: Builder, data: dict, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     for name, png in b.plots.items():
-        modeldir.write_bytes_atomic(out_dir / name, png)
+        files.write_bytes_atomic(out_dir / name, png)
     paths = {"md": out_dir / "report.md", "html": out_dir / "report.html", "json": out_dir / "report.json"}
-    modeldir.write_text_atomic(paths["md"], to_markdown(b))
-    modeldir.write_text_atomic(paths["html"], to_html(b))
-    modeldir.write_json_atomic(paths["json"], data)
+    files.write_text_atomic(paths["md"], to_markdown(b))
+    files.write_text_atomic(paths["html"], to_html(b))
+    files.write_json_atomic(paths["json"], data)
     return paths

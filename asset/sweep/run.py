@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from asset import modeldir
+from asset import files, modeldir
 from asset.sweep.grid import SPEC_FILE, Job, SweepError, SweepSpec, expand, shard_jobs, training_config
 
 RESULT = "result.json"
@@ -67,7 +67,7 @@ def write_spec_file(sweep_dir: Path, spec: SweepSpec, datasets: list[tuple[str, 
     for name, vdir, channels in datasets:
         known[name] = {"path": vdir, "channels": channels, "test_data": test_data.get(name)}
     doc = {"schema": "asset-sweep/1", "spec": spec.to_dict(), "datasets": known}
-    modeldir.write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+    files.write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 # ----------------------------------------------------------------------------- lock (one process per model)
@@ -205,7 +205,7 @@ def run_job(spec: SweepSpec, job: Job, data: str, test_data: str | None, jdir: P
         result["traceback"] = traceback.format_exc(limit=8)
     result["finished"] = modeldir.now_iso()
     result["seconds"] = round(time.time() - t0, 1)
-    modeldir.write_json_atomic(jdir / RESULT, result)
+    files.write_json_atomic(jdir / RESULT, result)
     return result
 
 

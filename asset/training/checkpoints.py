@@ -22,7 +22,7 @@ import io
 import pickle
 from pathlib import Path
 
-from asset import modeldir
+from asset import files
 
 CHECKSUMS = "SHA256SUMS"
 SAFE_GLOBALS: list = []  # what torch.load(weights_only=True) must accept beyond tensors and containers: none
@@ -45,7 +45,7 @@ def _read_sums(directory: Path) -> list[tuple[str, str]]:
 
 
 def _write_sums(directory: Path, entries: list[tuple[str, str]]) -> None:
-    modeldir.write_text_atomic(directory / CHECKSUMS, "".join(f"{h}  {name}\n" for name, h in entries))
+    files.write_text_atomic(directory / CHECKSUMS, "".join(f"{h}  {name}\n" for name, h in entries))
 
 
 def record_and_write(path: Path, data: bytes) -> None:
@@ -56,7 +56,7 @@ def record_and_write(path: Path, data: bytes) -> None:
     digest = hashlib.sha256(data).hexdigest()
     entries = _read_sums(directory)
     _write_sums(directory, entries + [(path.name, digest)])  # both hashes valid while the file is replaced
-    modeldir.write_bytes_atomic(path, data)
+    files.write_bytes_atomic(path, data)
     _write_sums(directory, [e for e in entries if e[0] != path.name] + [(path.name, digest)])
 
 
@@ -80,7 +80,7 @@ def verify_checkpoint(path: Path) -> None:
         raise CheckpointError(
             f"{path}: not listed in {path.parent / CHECKSUMS}, so it cannot be verified: it was not written by "
             "this version of `asset train` (or the list was removed). Refused; start the run again without --resume")
-    if modeldir.sha256_file(path) not in known:
+    if files.sha256_file(path) not in known:
         raise CheckpointError(
             f"{path}: its SHA-256 does not match {path.parent / CHECKSUMS}: the checkpoint was modified or damaged "
             "after the run wrote it. Refused, nothing was loaded; start the run again without --resume")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from asset import modeldir
+from asset import files, modeldir
 from asset.algorithm import Algorithm, SizePolicy, calibrate_image_threshold, default_normalisation
 from asset.config import ConfigError, validate_config
 from asset.models.registry import check_combination, get_architecture
@@ -236,7 +236,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     if not resume and rank == 0:
-        modeldir.write_text_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(cfg, sort_keys=False))
+        files.write_text_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(cfg, sort_keys=False))
 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -320,7 +320,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
     net.load_state_dict(net_state)
     net.float().eval()  # the model is float32 whatever trainer.precision trained it in (64-true converts in place)
-    modeldir.write_bytes_atomic(out_dir / modeldir.WEIGHTS, _torch_bytes(net.state_dict()))
+    files.write_bytes_atomic(out_dir / modeldir.WEIGHTS, _torch_bytes(net.state_dict()))
 
     from asset.evaluation import compute_metrics, evaluate_samples, torch_runner
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from asset import modeldir
+from asset import files, modeldir
 from asset.modeldir import ModelDirError
 from tests import REPO
 
@@ -227,7 +227,7 @@ def base_model(tmp_path_factory):
 
 
 def as_json(entry: dict) -> dict:
-    return json.loads(json.dumps(entry, default=modeldir._json_default))
+    return json.loads(json.dumps(entry, default=files.json_default))
 
 
 @pytest.mark.parametrize("fmt,first,second", [
