@@ -63,6 +63,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from asset.errors import AssetError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIZE_MODES = ("pad", "resize")
@@ -70,7 +72,7 @@ SCORE_TIEBREAK = 1e-6
 DECISION_RULES = ("fraction", "head")
 
 
-class AlgorithmError(ValueError):
+class AlgorithmError(AssetError, ValueError):
     """A model card or an input the algorithm cannot handle; the message says what and how to fix it."""
 
 

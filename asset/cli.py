@@ -17,22 +17,12 @@ COMMANDS = ["train", "evaluate", "export", "benchmark", "serve", "sweep", "repor
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that are the user's input, reported as `error: ...` with exit code 2."""
-    from asset.algorithm import AlgorithmError
-    from asset.config import ConfigError
-    from asset.modeldir import ModelDirError
-    from asset.models.registry import ModelConfigError
+    """Exception types that are the user's input, reported as `error: ...` with exit code 2: every AssetError, and
+    the datatools' DatasetError where the datatools are installed (the edge images serve without them)."""
+    from asset.errors import AssetError
 
-    errors: list[type[BaseException]] = [AlgorithmError, ConfigError, ModelDirError, ModelConfigError]
-    for mod, name in (("datatools.errors", "DatasetError"), ("asset.training.data", "DataError"),
-                      ("asset.training.train", "TrainError"), ("asset.export.formats", "ExportError"),
-                      ("asset.backends.base", "BackendError"),
-                      ("asset.sweep.grid", "SweepError"), ("asset.report.collect", "ReportError"),
-                      ("asset.cv", "CVError")):
-        m = sys.modules.get(mod)
-        if m is not None:
-            errors.append(getattr(m, name))
-    return tuple(errors)
+    dataset_errors = sys.modules.get("datatools.errors")
+    return (AssetError, dataset_errors.DatasetError) if dataset_errors else (AssetError,)
 
 
 def build_parser() -> argparse.ArgumentParser:

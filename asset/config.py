@@ -8,8 +8,10 @@ from pathlib import Path
 
 import yaml
 
+from asset.errors import AssetError
 
-class ConfigError(ValueError):
+
+class ConfigError(AssetError, ValueError):
     """An invalid option; the message names the key, the bad value and what is allowed."""
 
 

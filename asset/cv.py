@@ -31,13 +31,14 @@ import time
 from pathlib import Path
 
 from asset import files, modeldir
+from asset.errors import AssetError
 
 CV_SCHEMA = "asset-cv/1"
 CALIBRATIONS = ("train+val", "oof")
 METRICS = ("accuracy", "ap", "auroc", "pixel_iou", "found", "false_alarms")
 
 
-class CVError(ValueError):
+class CVError(AssetError, ValueError):
     """A cross-validation that cannot run (too few objects, a bad option); says what to change."""
 
 

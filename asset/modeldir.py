@@ -58,6 +58,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from asset.errors import AssetError
 from asset.files import TMP_PREFIX, fsync_dir, fsync_tree, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401  (atomic writes and hashes: asset/files.py)
 
 FORMAT = "defect-model/1"
@@ -68,7 +69,7 @@ LOCK = ".lock"  # fcntl.flock'ed by writers (exclusive) and verify (shared); nev
 UNCHECKED_DIRS = ("checkpoints", "evaluations")
 
 
-class ModelDirError(Exception):
+class ModelDirError(AssetError):
     """A model directory that cannot be used; the message says what is wrong and how to fix it."""
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from asset import modeldir
+from asset.errors import AssetError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES_HELP = "cpu | cuda | cuda:N"
 
 
-class BackendError(RuntimeError):
+class BackendError(AssetError, RuntimeError):
     """A backend that cannot be used here (not installed, no GPU, model not exported, bad option); says how to fix it."""
 
 

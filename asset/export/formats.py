@@ -16,10 +16,11 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from asset.errors import AssetError
 from asset.modeldir import EXPORT_KINDS, ExportKind, export_command, export_key, export_kinds  # noqa: F401
 
 
-class ExportError(RuntimeError):
+class ExportError(AssetError, RuntimeError):
     """An export that cannot be made or failed its check; nothing was written. Says why (with the figures)."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from asset.errors import AssetError
 
-class ModelConfigError(ValueError):
+
+class ModelConfigError(AssetError, ValueError):
     """An unknown architecture or encoder, or a combination that cannot work; says why and what is valid."""
 
 

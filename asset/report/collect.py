@@ -10,10 +10,12 @@ from pathlib import Path
 
 import yaml
 
+from asset.errors import AssetError
+
 BENCH_SCHEMAS = ("asset-benchmark/1", "asset-benchmark-speed/1")
 
 
-class ReportError(ValueError):
+class ReportError(AssetError, ValueError):
     """A report that cannot be made at all (no sweep directory, bad options); says why."""
 
 

@@ -6,8 +6,10 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, get_args, get_type_hints
 
+from asset.errors import AssetError
 
-class SettingsError(ValueError):
+
+class SettingsError(AssetError, ValueError):
     """A setting out of range; the message names it and the valid range."""
 
 

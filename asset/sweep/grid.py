@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from asset.config import ConfigError, deep_merge, load_default, parse_override, set_key, validate_config
+from asset.errors import AssetError
 
 SPEC_FILE = "sweep.yaml"
 SPEC_KEYS = ("archs", "encoders", "train", "per_encoder", "datasets", "benchmark", "export")
@@ -17,7 +18,7 @@ BENCHMARK_DEFAULTS = {"backends": ["pytorch"], "batch": 1, "size": None, "device
                       "min_iter": 5, "min_seconds": 1.0, "max_seconds": 10.0}
 
 
-class SweepError(ValueError):
+class SweepError(AssetError, ValueError):
     """A sweep that cannot start: a bad sweep file, shard, or directory; says why."""
 
 

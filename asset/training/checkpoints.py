@@ -23,12 +23,13 @@ import pickle
 from pathlib import Path
 
 from asset import files
+from asset.errors import AssetError
 
 CHECKSUMS = "SHA256SUMS"
 SAFE_GLOBALS: list = []  # what torch.load(weights_only=True) must accept beyond tensors and containers: none
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AssetError, RuntimeError):
     """A checkpoint that is refused; the message says why and what to do."""
 
 

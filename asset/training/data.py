@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from asset.algorithm import Algorithm, Meta, load_image, load_mask
+from asset.errors import AssetError
 
 # The splits data.mask_fraction thins: what training sees (test keeps every mask, for the pixel figures).
 MASK_FRACTION_SPLITS = ("train", "val")
@@ -23,7 +24,7 @@ MASK_FRACTION_SPLITS = ("train", "val")
 CACHE_PIXELS = 512 * 1024 * 1024
 
 
-class DataError(ValueError):
+class DataError(AssetError, ValueError):
     """A dataset directory that cannot be used (missing, invalid, empty split); says how to fix it."""
 
 

@@ -26,6 +26,7 @@ import yaml
 from asset import files, modeldir
 from asset.algorithm import Algorithm, SizePolicy, calibrate_image_threshold, default_normalisation
 from asset.config import ConfigError, validate_config
+from asset.errors import AssetError
 from asset.models.registry import check_combination, get_architecture
 
 log = logging.getLogger("asset.train")
@@ -34,7 +35,7 @@ LAST = "last.ckpt"
 BEST = "best.ckpt"
 
 
-class TrainError(RuntimeError):
+class TrainError(AssetError, RuntimeError):
     """A run that cannot start or resume; says why and what to do."""
 
 
