@@ -313,7 +313,7 @@ class Algorithm:
         Shrinking uses area coverage (`shrink_mask`), so a defect thinner than one network pixel stays a
         continuous line, as it does (fainter) in the INTER_AREA image. Nearest neighbour, used before, kept one
         source pixel in ~1/scale: a 1-px crack at 0.5x vanished or broke into dots while the image still showed
-        it, a label that contradicts its image (issue 12).
+        it, a label that contradicts its image.
         Growing stays nearest neighbour."""
         th, tw = self.size_policy.network_shape(*meta.original) if self.size_policy.mode == "pad" \
             else self.size_policy.size
@@ -464,7 +464,7 @@ def calibrate_image_threshold(scores, labels, min_fraction: float | None = None)
     the geometric mean of the gap's ends (the lower end raised to one pixel). Why geometric: defect
     fractions span decades (a 2-px crack is 0.01% of a part, a blob 5%), and a threshold calibrated
     on a handful of defects sat too close to the smallest of them with the linear rule, so smaller
-    defects on new images were missed (issue 12). Returns (threshold, accuracy)."""
+    defects on new images were missed. Returns (threshold, accuracy)."""
     fractions = np.asarray([float(s) for s in scores], dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
     if fractions.size == 0:

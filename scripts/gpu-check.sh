@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14 on a machine with an NVIDIA GPU, from a clean checkout: makes the environment, then
+# The GPU check of the CUDA and TensorRT paths on a machine with an NVIDIA GPU, from a clean checkout: makes the environment, then
 # runs scripts/gpu_check.py (demo model + MobileNetV2-Unet/-PAN at 512x512; onnx, onnx-int8 and TensorRT
 # fp32/fp16/int8 exports with their parity gates; batch 1 and 8 against PyTorch eager and ONNX Runtime's CUDA /
 # TensorRT providers on the same GPU; one Markdown table and the verdict against the A100 goal).

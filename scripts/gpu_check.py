@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The prepared GPU check of issue 14 (run by scripts/gpu-check.sh, which makes the environment first).
+"""The prepared GPU check of the CUDA and TensorRT paths (run by scripts/gpu-check.sh, which makes the environment first).
 
 On one NVIDIA GPU, from a clean checkout:
 1. models: the demo model (--model DIR, or trained here with asset/configs/demo.yaml on the synthetic set unless

@@ -241,7 +241,7 @@ class DefectDataModule(_lightning().LightningDataModule):
     def train_sampler(self) -> WeightedRandomSampler | None:
         """With `oversample` = p: defective images make up p of the images drawn (with replacement), one epoch
         still being len(train) images. Why: with 10% defective images and thin defects, plain shuffling gives
-        batches with no defect pixel at all and the network learns to predict nothing (issue 12)."""
+        batches with no defect pixel at all and the network learns to predict nothing."""
         if self.oversample is None:
             return None
         flags = np.array([s.defective for s in self._dataset("train").samples])

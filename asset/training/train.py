@@ -91,7 +91,7 @@ IMAGE_MARGINS = ("geometric", "linear")
 
 
 def check_training_keys(cfg: dict) -> None:
-    """The keys of issue 12 (oversampling, checkpoint monitor, calibration splits), checked before any work."""
+    """The keys for rare, thin defects (oversampling, checkpoint monitor, calibration splits), checked before any work."""
     from asset.training.module import MONITORS
 
     over = cfg["data"].get("oversample")
@@ -114,7 +114,7 @@ def check_training_keys(cfg: dict) -> None:
 def calibrate(records_by_split: dict, min_defects: int, margin: str = "linear", pixels: int | None = None) -> dict:
     """The image threshold from the records of the calibration splits, with how many images set it and a warning
     when fewer than `min_defects` of them are defective (a threshold set by a handful of defects does not carry
-    over to new images: issue 12). margin "geometric" places it at the geometric mean of the gap between OK and
+    over to new images). margin "geometric" places it at the geometric mean of the gap between OK and
     defective fractions (lower end at least one pixel of the largest image, `pixels` = its pixel count)."""
     records = [r for recs in records_by_split.values() for r in recs]
     min_fraction = 1.0 / pixels if margin == "geometric" and pixels else None
