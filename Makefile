@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-REQS   := datatools/requirements.txt asset/requirements.txt asset/requirements-runtime.txt requirements-dev.txt \
+REQS   := datatools/requirements.txt asset/requirements.txt asset/requirements-runtime.txt asset/requirements-train.txt \
+          requirements-dev.txt \
           requirements-docs.txt
 PROJECTS := datatools/pyproject.toml $(wildcard asset/pyproject.toml)
 

@@ -7,6 +7,7 @@ TensorRT / cuda-python modules: test_trt_build.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,10 +169,13 @@ def test_images_install_what_engines_are_built_and_run_with():
     """Engines are built on the device: both GPU images need cuda-python (the backend's GPU memory), onnx (the
     INT8 Q/DQ check) and onnxconverter-common (FP16 = the ONNX export converted to mixed precision)."""
     jetson, x86 = _pins("platforms/jetson/requirements-jetson.txt"), _pins("platforms/x86-cuda/requirements-gpu.txt")
-    full = _pins("asset/requirements.txt")
+    full = _pins("asset/requirements-train.txt")
     for pins in (jetson, x86):
         assert pins["cuda-python"] == "13.4.4" and pins["onnxconverter-common"] == "1.16.0"
-    assert jetson["onnx"] == full["onnx"]  # the x86 image has onnx from asset/requirements.txt
+    assert jetson["onnx"] == full["onnx"]  # the x86 image has onnx from asset/requirements-train.txt
     assert x86["tensorrt-cu12"] == "11.4.0.106" and "tensorrt" not in jetson  # JetPack's own TensorRT 10.x
-    assert "requirements-jetson.txt" in (REPO / "platforms/jetson/Dockerfile").read_text()
+    # the Jetson image installs its hash lock, made from requirements-jetson.txt (ci/lock.py)
+    locked = dict(re.findall(r"^(\S+)==(\S+) \\$", (REPO / "platforms/jetson/requirements.lock").read_text(), re.M))
+    assert all(locked[name] == version for name, version in jetson.items())
+    assert "platforms/jetson/requirements.lock" in (REPO / "platforms/jetson/Dockerfile").read_text()
     assert "requirements-gpu.txt" in (REPO / "platforms/x86-cuda/Dockerfile").read_text()
