@@ -220,63 +220,34 @@ def _recommend(b: Builder, pts: list[Point], budget_ms: float, col: str) -> dict
     return {k: (v.name if isinstance(v, Point) else v) for k, v in r.items()} | {"device": col, "text": lines}
 
 
-# ----------------------------------------------------------------------------- plot (Pillow, no plotting library)
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    import math
+# ----------------------------------------------------------------------------- plot
+def plot_png(points: list[Point], front: list[Point], title: str, size=(760, 460)) -> bytes:
+    """Test accuracy against time per image for every model (grey), the Pareto front in red: a staircase, since no
+    model is reachable between two of its models. matplotlib's Agg canvas: no display, no global pyplot state."""
+    from matplotlib.figure import Figure
 
-    span = hi - lo or 1.0
-    step = 10 ** math.floor(math.log10(span / n))
-    for mult in (1, 2, 5, 10):
-        if span / (step * mult) <= n:
-            step *= mult
-            break
-    start = math.ceil(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step) + 1)]
-
-
-def plot_png(pts: list[Point], front: list[Point], title: str, size=(760, 460)) -> bytes:
-    from PIL import Image, ImageDraw, ImageFont
-
-    W, H = size
-    L, R, T, B = 70, 30, 40, 60
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    xs, ys = [p.ms for p in pts], [100 * p.acc for p in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    px, py = (x1 - x0) * 0.08 or max(x0 * 0.1, 1.0), (y1 - y0) * 0.08 or 1.0
-    x0, x1, y0, y1 = max(0.0, x0 - px), x1 + px, y0 - py, min(100.0 + py, y1 + py)
-
-    def at(ms, acc):
-        return L + (ms - x0) / (x1 - x0) * (W - L - R), H - B - (acc - y0) / (y1 - y0) * (H - T - B)
-
-    d.rectangle([L, T, W - R, H - B], outline="black")
-    for t in _ticks(x0, x1):
-        x, _ = at(t, y0)
-        d.line([x, H - B, x, H - B + 5], fill="black")
-        d.text((x - 12, H - B + 8), f"{t:g}", fill="black", font=font)
-    for t in _ticks(y0, y1):
-        _, y = at(x0, t)
-        d.line([L - 5, y, L, y], fill="black")
-        d.text((8, y - 6), f"{t:g}", fill="black", font=font)
-    d.text((L, 12), title, fill="black", font=font)
-    d.text(((W - L) // 2, H - 22), "ms per image (batch 1)", fill="black", font=font)
-    d.text((8, T - 20), "test acc (%)", fill="black", font=font)
-    for p in pts:
-        x, y = at(p.ms, 100 * p.acc)
-        d.ellipse([x - 4, y - 4, x + 4, y + 4], outline="gray", fill="lightgray")
-    line = [at(p.ms, 100 * p.acc) for p in front]
-    steps = [pt for a, z in zip(line, line[1:]) for pt in (a, (z[0], a[1]))] + line[-1:]
-    if len(steps) > 1:  # the front is a staircase: nothing between two of its models is reachable
-        d.line(steps, fill="red", width=2)
-    for p, (x, y) in zip(front, line):
-        d.ellipse([x - 5, y - 5, x + 5, y + 5], fill="red")
-        left = x > W * 0.65
-        d.text((x - 7 - d.textlength(p.name, font=font) if left else x + 7, y - 14), p.name, fill="darkred",
-               font=font)
+    dpi = 100
+    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    ax = fig.add_subplot()
+    ax.scatter([p.ms for p in points], [100 * p.acc for p in points], s=30, color="lightgray", edgecolors="gray",
+               zorder=2, label="models")
+    if front:
+        front_ms, front_acc = [p.ms for p in front], [100 * p.acc for p in front]
+        ax.step(front_ms, front_acc, where="post", color="red", linewidth=2, zorder=3)
+        ax.scatter(front_ms, front_acc, s=45, color="red", zorder=4, label="Pareto front")
+        right_edge = max(p.ms for p in points)
+        for p in front:  # names to the left of points near the right edge, so that they stay inside the axes
+            left = p.ms > 0.65 * right_edge
+            ax.annotate(p.name, (p.ms, 100 * p.acc), xytext=(-7 if left else 7, 6), textcoords="offset points",
+                        ha="right" if left else "left", fontsize=8, color="darkred")
+    ax.set_xlabel("ms per image (batch 1)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    fig.savefig(buf, format="png")
     return buf.getvalue()
 
 

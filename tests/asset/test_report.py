@@ -146,3 +146,23 @@ def test_report_cli_errors(tmp_path, capsys):
     # an empty directory still gives a report that says what is missing
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 0
     assert "sweep.yaml missing" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_pareto_plot_is_a_png_of_the_asked_size_with_the_front_in_red():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from asset.report.render import plot_png
+
+    points = [Point("U-Net", 40.0, 0.97), Point("FPN", 25.0, 0.95), Point("PSPNet", 30.0, 0.90), Point("Linknet", 10.0, 0.91)]
+    front = pareto_front(points)
+    assert [p.name for p in front] == ["Linknet", "FPN", "U-Net"]
+    img = np.asarray(Image.open(io.BytesIO(plot_png(points, front, "synthetic: test accuracy vs ms per image on x",
+                                                     size=(640, 400)))).convert("RGB")).astype(int)
+    assert img.shape == (400, 640, 3)
+    red = (img[..., 0] > 200) & (img[..., 1] < 60) & (img[..., 2] < 60)
+    assert red.sum() > 200  # the staircase and its three markers
+    grey = (abs(img[..., 0] - 211) < 8) & (abs(img[..., 1] - 211) < 8) & (abs(img[..., 2] - 211) < 8)
+    assert grey.sum() > 20  # PSPNet, off the front
