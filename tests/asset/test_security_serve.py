@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from asset.cli import main
 from asset.commands.serve import exposure_warning
 from asset.serve import Settings, create_app
-from asset.serve.app import public_card
+from asset.serve.routes import public_card
 from tests.asset.serve_helpers import exported_copy, split_images
 from tests.asset.test_serve import wait_ready
 

@@ -262,10 +262,10 @@ def test_limit_concurrency_setting(monkeypatch):
 
 
 def test_mask_encoding_runs_off_the_event_loop(tmp_path, monkeypatch):
-    import asset.serve.app as app_module
+    import asset.serve.routes as routes
 
     threads = []
-    real = app_module.encode_mask
+    real = routes.encode_mask
 
     def recording(mask, png):
         try:
@@ -275,7 +275,7 @@ def test_mask_encoding_runs_off_the_event_loop(tmp_path, monkeypatch):
             threads.append("worker")
         return real(mask, png)
 
-    monkeypatch.setattr(app_module, "encode_mask", recording)
+    monkeypatch.setattr(routes, "encode_mask", recording)
     settings = Settings(model=str(tmp_path), warmup=False)
     with TestClient(create_app(settings, predictor=FakePredictor(tmp_path))) as client:
         r = client.post("/predict?mask=png", content=png_bytes(np.zeros((8, 8), np.uint8)), headers=PNG)
