@@ -117,8 +117,8 @@ def score_model(model_dir: Path, data_dir: Path, batch_size: int) -> dict:
     from asset.algorithm import load_image, load_mask
     from asset.evaluation import torch_runner
     from asset.models.factory import load_network
-    from asset.training.data import open_dataset, split_samples
-
+    from asset.scoring import dataset_items
+    from asset.training.data import open_dataset
     net, card = load_network(model_dir)
     from asset.algorithm import Algorithm
 
@@ -129,7 +129,7 @@ def score_model(model_dir: Path, data_dir: Path, batch_size: int) -> dict:
     version_dir, doc = open_dataset(data_dir)
     out = []
     for split in ("train", "val", "test"):
-        items = split_samples(version_dir, doc, split)
+        items = dataset_items(version_dir, doc, split)
         for part in scoring._groups(algorithm, ((it.height, it.width) for it in items), batch_size):
             x, metas = algorithm.preprocess([load_image(items[i].path) for i in part])
             logits = runner(x)

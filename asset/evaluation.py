@@ -7,9 +7,9 @@ No torch is imported here unless `torch_runner` is used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +18,6 @@ from asset import scoring
 from asset.algorithm import Algorithm, load_image, load_mask
 
 Runner = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class Record:
-    """One evaluated image (threshold-independent: decisions are recomputed from `fraction`)."""
-
-    id: str
-    defective: bool  # ground truth
-    fraction: float
-    score: float
-    inter: int
-    union: int
-    gt_pixels: int
-    value: float | None = None  # what the image threshold is compared with (fraction or head score)
-    masked: bool = True  # False: an image-level label, left out of the pixel figures (asset/scoring.py)
-
-    def __post_init__(self) -> None:
-        if self.value is None:
-            self.value = self.fraction
-
-    @property
-    def iou(self) -> float:
-        return self.inter / self.union if self.union else 1.0
 
 
 def torch_runner(net, device: str = "cpu") -> Runner:
@@ -56,17 +33,16 @@ def torch_runner(net, device: str = "cpu") -> Runner:
 
 
 def evaluate_samples(runner: Runner, algorithm: Algorithm, samples: list, batch_size: int = scoring.DEFAULT_BATCH,
-                     progress: bool = False) -> list[Record]:
-    """One Record per sample (asset.scoring.Item or asset.training.data.Sample), scored by `asset.scoring`."""
+                     progress: bool = False) -> list[scoring.ImageScore]:
+    """One ImageScore per sample (asset.scoring.Item), named by the sample's id, scored by `asset.scoring`."""
     from tqdm import tqdm
 
     with tqdm(total=len(samples), desc="evaluating", unit="img", disable=not progress) as bar:
         scores, _ = scoring.score_items(runner, algorithm, samples, batch_size, progress=bar.update)
-    return [Record(s.id, r.defective, r.fraction, r.score, r.inter, r.union, r.gt_pixels, r.value, r.masked)
-            for s, r in zip(samples, scores)]
+    return [dataclasses.replace(r, id=s.id) for s, r in zip(samples, scores)]
 
 
-def compute_metrics(records: list[Record], image_threshold: float) -> dict:
+def compute_metrics(records: list[scoring.ImageScore], image_threshold: float) -> dict:
     """`asset.scoring.metrics` at `image_threshold`: pixel IoU (dataset-level and mean over defective images),
     image accuracy, precision, recall, confusion matrix ([[TN, FP], [FN, TP]]), AP and AUROC of the image score."""
     if not records:
@@ -76,7 +52,7 @@ def compute_metrics(records: list[Record], image_threshold: float) -> dict:
             "image_threshold": float(image_threshold), **m}
 
 
-def worst_cases(records: list[Record], image_threshold: float, k: int = 4) -> dict[str, list[Record]]:
+def worst_cases(records: list[scoring.ImageScore], image_threshold: float, k: int = 4) -> dict[str, list[scoring.ImageScore]]:
     """False positives with the highest scores and false negatives with the lowest (then low-IoU defective hits)."""
     fps = sorted((r for r in records if not r.defective and r.value >= image_threshold), key=lambda r: -r.score)
     fns = sorted((r for r in records if r.defective and r.value < image_threshold), key=lambda r: r.score)
@@ -105,7 +81,7 @@ def overlay_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.nda
     return np.concatenate([rgb.astype(np.uint8), sep, tint(gt, (0, 255, 0)), sep, tint(pred, (255, 0, 0))], axis=1)
 
 
-def write_report(out_dir: Path, metrics: dict, records: list[Record], samples: list, runner: Runner,
+def write_report(out_dir: Path, metrics: dict, records: list[scoring.ImageScore], samples: list, runner: Runner,
                  algorithm: Algorithm, title: str, k: int = 4) -> Path:
     """metrics.json, report.md and overlays/*.png under out_dir. Returns the report path."""
     import io

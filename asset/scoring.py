@@ -187,6 +187,7 @@ class ImageScore:
     gt_pixels: int
     value: float | None = None  # what the image threshold is compared with (Prediction.value); None = fraction
     masked: bool = True  # False: no mask (image-level label): inter = union = 0, left out of the pixel figures
+    id: str = ""  # the dataset sample's id, where the caller names it (asset evaluate's report)
 
     def __post_init__(self) -> None:
         if self.value is None:
@@ -263,7 +264,7 @@ def metrics(scores: Sequence[ImageScore], image_threshold: float | None = None) 
 
 
 def decision_value(s) -> float:
-    """What the image threshold is compared with for a scored image (ImageScore, Record, or any object with
+    """What the image threshold is compared with for a scored image (ImageScore, or any object with
     `fraction` and optionally `value`)."""
     value = getattr(s, "value", None)
     return float(s.fraction if value is None else value)

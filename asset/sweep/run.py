@@ -144,10 +144,10 @@ def _evaluate(model_dir: Path, data: str, split: str, batch_size: int) -> dict |
     from asset.algorithm import Algorithm
     from asset.evaluation import compute_metrics, evaluate_samples, torch_runner
     from asset.models.factory import load_network
-    from asset.training.data import open_dataset, split_samples
-
+    from asset.scoring import dataset_items
+    from asset.training.data import open_dataset
     version_dir, doc = open_dataset(data)
-    samples = split_samples(version_dir, doc, split)
+    samples = dataset_items(version_dir, doc, split)
     if not samples:
         return None
     net, card = load_network(model_dir)

@@ -8,7 +8,6 @@ them into network tensors with the model's `Algorithm` (the same preprocessing a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from asset.algorithm import Algorithm, Meta, load_image, load_mask
 from asset.errors import AssetError
+from asset.scoring import Item, dataset_items
 
 # The splits data.mask_fraction thins: what training sees (test keeps every mask, for the pixel figures).
 MASK_FRACTION_SPLITS = ("train", "val")
@@ -26,19 +26,6 @@ CACHE_PIXELS = 512 * 1024 * 1024
 
 class DataError(AssetError, ValueError):
     """A dataset directory that cannot be used (missing, invalid, empty split); says how to fix it."""
-
-
-@dataclass
-class Sample:
-    id: str
-    path: Path
-    defective: bool
-    rle: dict
-    height: int
-    width: int
-    channels: int
-    masked: bool = True  # False: an image-level label (defective, no mask: FORMAT.md mask_labelled), or a mask
-    #                      left out by data.mask_fraction; its mask is all zero and says nothing about its pixels
 
 
 def open_dataset(path: str | os.PathLike, check: bool = False) -> tuple[Path, dict]:
@@ -63,15 +50,7 @@ def open_dataset(path: str | os.PathLike, check: bool = False) -> tuple[Path, di
     return version_dir, doc
 
 
-def split_samples(version_dir: Path, doc: dict, split: str) -> list[Sample]:
-    return [
-        Sample(s["id"], version_dir / s["image"], bool(s["defective"]), s["mask"], int(s["height"]), int(s["width"]),
-               int(s["channels"]), bool(s.get("mask_labelled", True)))
-        for s in doc["samples"] if s["split"] == split
-    ]
-
-
-def keep_masks(samples: list[Sample], fraction: float, seed: int, split: str) -> list[Sample]:
+def keep_masks(samples: list[Item], fraction: float, seed: int, split: str) -> list[Item]:
     """`samples` with only round(fraction x n) of the n masks of their defective images kept (seeded by `seed` and
     `split`; the same ids always keep the same masks); the others become image-level labels (masked=False). OK
     images keep their (empty) masks: an OK image is fully labelled. fraction 1 changes nothing."""
@@ -89,7 +68,7 @@ def keep_masks(samples: list[Sample], fraction: float, seed: int, split: str) ->
     return [dataclasses.replace(s, masked=False) if s.id in dropped else s for s in samples]
 
 
-def mask_counts(samples: list[Sample]) -> dict:
+def mask_counts(samples: list[Item]) -> dict:
     """What a split holds for training: images, OK ones, defective ones with a mask and without (image-level)."""
     return {"images": len(samples), "ok": sum(not s.defective for s in samples),
             "defective_masked": sum(s.defective and s.masked for s in samples),
@@ -127,7 +106,7 @@ class SegmentationDataset(Dataset):
     has-mask bool) in the network frame. The label is the sample's, not derived from the mask: an image-level
     label (has-mask False) is defective with an all-zero mask, which the pixel loss must not see."""
 
-    def __init__(self, samples: list[Sample], algorithm: Algorithm, augment: dict | None = None, seed: int = 0,
+    def __init__(self, samples: list[Item], algorithm: Algorithm, augment: dict | None = None, seed: int = 0,
                  cache: bool = True) -> None:
         self.samples = samples
         self.algorithm = algorithm
@@ -195,8 +174,8 @@ class DefectDataModule(_lightning().LightningDataModule):
         self.mask_fraction = float(mask_fraction)
         self.datasets: dict[str, SegmentationDataset] = {}
 
-    def samples(self, split: str) -> list[Sample]:
-        samples = split_samples(self.version_dir, self.doc, split)
+    def samples(self, split: str) -> list[Item]:
+        samples = dataset_items(self.version_dir, self.doc, split)
         if split in MASK_FRACTION_SPLITS:
             samples = keep_masks(samples, self.mask_fraction, self.seed, split)
         return samples
@@ -263,11 +242,11 @@ class DefectDataModule(_lightning().LightningDataModule):
         return self._loader("test", False, self.eval_batch_size)
 
 
-def iterate_images(samples: list[Sample]):
+def iterate_images(samples: list[Item]):
     """(sample, image uint8, mask uint8) at the original size, for evaluation."""
     for s in samples:
         yield s, load_image(s.path), load_mask(s.rle)
 
 
-__all__ = ["DataError", "DefectDataModule", "Meta", "SegmentationDataset", "Sample", "keep_masks", "mask_counts",
-           "open_dataset", "split_samples"]
+__all__ = ["DataError", "DefectDataModule", "Meta", "SegmentationDataset", "Item", "keep_masks", "mask_counts",
+           "open_dataset"]

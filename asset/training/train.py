@@ -146,11 +146,11 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False, check_out: bool = Tr
                              "--overwrite to replace it, or another --out")
     if not cfg["data"]["path"]:
         raise ConfigError("no dataset: give --data ROOT/NAME/VERSION (or data.path in the config file)")
-    from asset.training.data import DataError, dataset_channels, open_dataset, split_samples
-
+    from asset.scoring import dataset_items
+    from asset.training.data import DataError, dataset_channels, open_dataset
     version_dir, doc = open_dataset(cfg["data"]["path"], check=bool(cfg["data"]["validate"]))
     for split in ("train", "val"):
-        if not split_samples(version_dir, doc, split):
+        if not dataset_items(version_dir, doc, split):
             raise DataError(f"{version_dir}: the {split!r} split is empty; training needs train and val images "
                             "(convert with --val-fraction > 0)")
     masks = mask_usage(cfg, version_dir, doc)
@@ -175,7 +175,7 @@ def prepare(cfg: dict, out_dir: Path, resume: bool = False, check_out: bool = Tr
         norm = default_normalisation(channels, pretrained)
     algorithm = Algorithm(channels, policy, norm["mean"], norm["std"], cfg["thresholds"]["pixel"], 0.0,
                           decision=m["decision"])
-    first = split_samples(version_dir, doc, "train")[0]
+    first = dataset_items(version_dir, doc, "train")[0]
     shape = policy.network_shape(first.height, first.width)
     min_size = get_architecture(m["arch"]).min_size
     if min(shape) < min_size:
@@ -191,10 +191,10 @@ def mask_usage(cfg: dict, version_dir: Path, doc: dict) -> dict:
     """What train and val give training after data.mask_fraction (asset/training/data.py keep_masks): per split
     images, OK, defective with a mask, defective image-level only. Image-level defective images teach only the
     image decision, so they need model.decision head: with the fraction rule they are refused here."""
-    from asset.training.data import MASK_FRACTION_SPLITS, keep_masks, mask_counts, split_samples
-
+    from asset.scoring import dataset_items
+    from asset.training.data import MASK_FRACTION_SPLITS, keep_masks, mask_counts
     fraction = float(cfg["data"].get("mask_fraction", 1.0))
-    counts = {split: mask_counts(keep_masks(split_samples(version_dir, doc, split), fraction, cfg["seed"], split))
+    counts = {split: mask_counts(keep_masks(dataset_items(version_dir, doc, split), fraction, cfg["seed"], split))
               for split in MASK_FRACTION_SPLITS}
     unmasked = sum(c["defective_image_level"] for c in counts.values())
     if unmasked and cfg["model"]["decision"] != "head":

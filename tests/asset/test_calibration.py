@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from asset import modeldir
-from asset.evaluation import Record
+from asset.scoring import ImageScore
 from asset.training.train import calibrate
 
 
-def rec(i: int, fraction: float, defective: bool) -> Record:
-    return Record(f"r{i}", defective, fraction, fraction, 0, 0, 0)
+def rec(i: int, fraction: float, defective: bool) -> ImageScore:
+    return ImageScore(defective, fraction, fraction, False, 0, 0, 0, id=f"r{i}")
 
 
 def test_calibration_uses_every_split_and_counts_them():

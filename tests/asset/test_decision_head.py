@@ -107,8 +107,8 @@ def test_training_a_head_model_writes_its_rule_and_the_card_threshold_is_on_the_
     from asset.evaluation import compute_metrics, evaluate_samples, torch_runner
     from asset.models.decision import DecisionNet
     from asset.models.factory import load_network
-    from asset.training.data import open_dataset, split_samples
-
+    from asset.scoring import dataset_items
+    from asset.training.data import open_dataset
     card = modeldir.verify(head_model)
     assert card["decision"]["rule"] == "head" and card["decision"]["channels"] == 8
     assert card["decision"]["ramp_epochs"] == 2
@@ -116,7 +116,7 @@ def test_training_a_head_model_writes_its_rule_and_the_card_threshold_is_on_the_
     assert isinstance(net, DecisionNet)
     alg = Algorithm.from_card(card)
     version_dir, doc = open_dataset(tiny_dataset)
-    val = split_samples(version_dir, doc, "val")
+    val = dataset_items(version_dir, doc, "val")
     records = evaluate_samples(torch_runner(net), alg, val)
     assert all(0 <= r.value <= 1 and r.value == r.score for r in records)  # the head's probability
     assert compute_metrics(records, alg.image_threshold)["accuracy"] == pytest.approx(

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from asset.training.data import Sample, keep_masks, mask_counts
+from asset.scoring import Item
+from asset.training.data import keep_masks, mask_counts
 from asset.training.module import SegmentationModule, build_loss
 from tests.asset.conftest import FAST
 
@@ -103,9 +104,9 @@ def test_validation_pixel_iou_only_over_masked_images():
     assert int(module.val_defective.compute()) == 2 and int(module.val_images.compute()) == 3
 
 
-def _samples(n_def: int, n_ok: int, unmasked: int = 0) -> list[Sample]:
-    out = [Sample(f"d{i}", Path("x"), True, {}, 4, 4, 1, masked=i >= unmasked) for i in range(n_def)]
-    return out + [Sample(f"k{i}", Path("x"), False, {}, 4, 4, 1) for i in range(n_ok)]
+def _samples(n_def: int, n_ok: int, unmasked: int = 0) -> list[Item]:
+    out = [Item(f"d{i}", Path("x"), True, {}, 4, 4, masked=i >= unmasked) for i in range(n_def)]
+    return out + [Item(f"k{i}", Path("x"), False, {}, 4, 4) for i in range(n_ok)]
 
 
 def test_keep_masks_is_seeded_and_counts():
