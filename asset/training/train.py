@@ -207,26 +207,13 @@ def mask_usage(cfg: dict, version_dir: Path, doc: dict) -> dict:
 
 
 def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train (or resume) into out_dir; returns the model card."""
+    """Train (or resume) into out_dir; returns the model card. The steps, each below: the run to resume is
+    checked, the data and network prepared, Lightning fits, the best weights are kept, the image threshold is
+    calibrated and the card written (rank 0 only in multi-process training)."""
     out_dir = Path(out_dir)
     rank = global_rank()
-    if overwrite and not resume and out_dir.exists() and rank == 0:
-        import shutil
-
-        shutil.rmtree(out_dir)
     last = out_dir / "checkpoints" / LAST
-    if resume and not last.is_file():
-        raise TrainError(f"{out_dir}: no checkpoints/{LAST} to resume from (the run never finished an epoch); "
-                         "start it again without --resume")
-    from asset.training.checkpoints import CheckpointError, checkpoint_io, load_checkpoint
-
-    if resume:
-        try:
-            if (out_dir / modeldir.CHECKSUMS).exists():  # a finished run: its files must still be what it wrote
-                modeldir.verify(out_dir)
-            load_checkpoint(last)  # verified and loadable as data only, before Lightning touches it
-        except CheckpointError as exc:
-            raise TrainError(str(exc)) from None
+    _clear_or_check_resume(out_dir, last, resume, overwrite, rank)
     cfg = copy.deepcopy(cfg)
     cfg["data"]["path"] = str(Path(cfg["data"]["path"]).resolve()) if cfg["data"]["path"] else None
     import lightning as L
@@ -238,26 +225,77 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
         out_dir.mkdir(parents=True, exist_ok=True)
     if not resume and rank == 0:
         files.write_text_atomic(out_dir / CONFIG_FILE, yaml.safe_dump(cfg, sort_keys=False))
+    dm, module = _data_and_module(cfg, parts)
+    trainer, ckpt, history = _trainer(cfg, out_dir)
+    _say(out_dir, f"{'resuming' if resume else 'training'} {cfg['model']['arch']}/{cfg['model']['encoder']} on "
+                  f"{parts['version_dir']} ({parts['channels']} channel(s), size policy "
+                  f"{parts['algorithm'].size_policy.to_dict()}) -> {out_dir}")
+    _say(out_dir, describe_masks(parts["masks"]))
+    start = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+    elapsed = time.time() - start
+    if not trainer.is_global_zero:
+        return {}
+    if trainer.interrupted:
+        raise TrainError(f"training was interrupted; continue with `asset train --resume {out_dir}`")
+    best = _keep_best_weights(trainer, ckpt, history, parts["net"], last, out_dir)
+    calibration, val_metrics = _calibrate_threshold(cfg, parts, dm, out_dir)
+    card = _model_card(cfg, parts, trainer, ckpt, history, best, calibration, val_metrics, elapsed, resume)
+    _say(out_dir, f"model written to {out_dir}")  # before the checksums: train.log is covered by them
+    modeldir.write_card(out_dir, card)
+    return card
 
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+def _clear_or_check_resume(out_dir: Path, last: Path, resume: bool, overwrite: bool, rank: int) -> None:
+    """--overwrite removes the old run (rank 0); --resume needs a last checkpoint that verifies and loads as data
+    only, and a finished run's files still as it wrote them, before Lightning touches anything."""
+    if overwrite and not resume and out_dir.exists() and rank == 0:
+        import shutil
+
+        shutil.rmtree(out_dir)
+    if not resume:
+        return
+    if not last.is_file():
+        raise TrainError(f"{out_dir}: no checkpoints/{LAST} to resume from (the run never finished an epoch); "
+                         "start it again without --resume")
+    from asset.training.checkpoints import CheckpointError, load_checkpoint
+
+    try:
+        if (out_dir / modeldir.CHECKSUMS).exists():  # a finished run: its files must still be what it wrote
+            modeldir.verify(out_dir)
+        load_checkpoint(last)
+    except CheckpointError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _data_and_module(cfg: dict, parts: dict):
+    """The Lightning data module and training module of this run."""
     from asset.training.data import DefectDataModule
     from asset.training.module import SegmentationModule, build_loss
 
-    net, algorithm = parts["net"], parts["algorithm"]
     d = cfg["data"]
-    dm = DefectDataModule(parts["version_dir"], algorithm, d["batch_size"], d["num_workers"], d["augment"],
+    dm = DefectDataModule(parts["version_dir"], parts["algorithm"], d["batch_size"], d["num_workers"], d["augment"],
                           cfg["seed"], d["eval_batch_size"], oversample=d["oversample"],
                           mask_fraction=d.get("mask_fraction", 1.0))
     loss = build_loss(cfg["loss"]["name"], cfg["loss"]["bce_weight"], cfg["loss"].get("pos_weight"))
     head = cfg["model"]["decision"] == "head"
-    module = SegmentationModule(net, loss, cfg["optimizer"], cfg["scheduler"], cfg["thresholds"]["pixel"],
+    module = SegmentationModule(parts["net"], loss, cfg["optimizer"], cfg["scheduler"], cfg["thresholds"]["pixel"],
                                 decision_weight=cfg["loss"]["decision_weight"] if head else None,
                                 decision_ramp_epochs=cfg["loss"]["decision_ramp_epochs"])
-    monitor = cfg["checkpoint"]["monitor"]
-    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                           save_top_k=1, enable_version_counter=False)
+    return dm, module
+
+
+def _trainer(cfg: dict, out_dir: Path):
+    """(Lightning Trainer, best checkpoint callback, validation history callback): checkpoints, EMA, the time-budget
+    schedule, batch norm over the global batch, CSV + TensorBoard logs."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from asset.training.checkpoints import checkpoint_io
+
+    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=cfg["checkpoint"]["monitor"],
+                           mode="max", save_top_k=1, enable_version_counter=False)
     # last.ckpt, written after every epoch for --resume. Not ckpt's save_last: in Lightning 2.6 that is only
     # written when a new best is, so a run killed after some epochs without a new best resumed from the best one.
     latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename=Path(LAST).stem, monitor=None, save_top_k=1,
@@ -293,19 +331,14 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
                 TensorBoardLogger(out_dir, name="logs", version="tensorboard")],
         **t,
     )
-    _say(out_dir, f"{'resuming' if resume else 'training'} {cfg['model']['arch']}/{cfg['model']['encoder']} on "
-                  f"{parts['version_dir']} ({parts['channels']} channel(s), size policy "
-                  f"{algorithm.size_policy.to_dict()}) -> {out_dir}")
-    _say(out_dir, describe_masks(parts["masks"]))
-    start = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
-    elapsed = time.time() - start
-    if not trainer.is_global_zero:
-        return {}
-    if trainer.interrupted:
-        raise TrainError(f"training was interrupted; continue with `asset train --resume {out_dir}`")
+    return trainer, ckpt, history
 
-    # Best weights (by val IoU) -> weights.pt; fall back to the last ones if no best was kept.
+
+def _keep_best_weights(trainer, ckpt, history, net, last: Path, out_dir: Path) -> dict:
+    """The best checkpoint's weights (by the monitored metric; the last ones if no best was kept) into the network
+    and weights.pt, as float32; returns {"path", "epoch", "row"} of that checkpoint."""
+    from asset.training.checkpoints import CheckpointError, load_checkpoint
+
     # Taken by name from this run's checkpoints/: a resumed checkpoint records the absolute path of its best one,
     # which is elsewhere when the directory was moved (and could name any file in a foreign checkpoint).
     best_path = last.parent / Path(ckpt.best_model_path).name if ckpt.best_model_path else last
@@ -317,36 +350,43 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
         raise TrainError(str(exc)) from None
     state = best_ckpt["state_dict"]
     best_epoch = int(best_ckpt.get("epoch", trainer.current_epoch))
-    best_row = history.rows.get(best_epoch, {})
-    net_state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    net.load_state_dict(net_state)
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     net.float().eval()  # the model is float32 whatever trainer.precision trained it in (64-true converts in place)
     files.write_bytes_atomic(out_dir / modeldir.WEIGHTS, _torch_bytes(net.state_dict()))
+    return {"path": best_path, "epoch": best_epoch, "row": history.rows.get(best_epoch, {})}
 
+
+def _calibrate_threshold(cfg: dict, parts: dict, dm, out_dir: Path) -> tuple[dict, dict]:
+    """The image threshold (calibrated on the splits thresholds.image_calibration names, unless thresholds.image
+    fixes it), set on the algorithm; returns (calibration record, val metrics at that threshold)."""
     from asset.evaluation import compute_metrics, evaluate_samples, torch_runner
 
-    runner = torch_runner(net)
-    by_split = {split: evaluate_samples(runner, algorithm, dm.samples(split), d["eval_batch_size"])
+    algorithm, head = parts["algorithm"], cfg["model"]["decision"] == "head"
+    runner = torch_runner(parts["net"])
+    by_split = {split: evaluate_samples(runner, algorithm, dm.samples(split), cfg["data"]["eval_batch_size"])
                 for split in CALIBRATION_SPLITS[cfg["thresholds"]["image_calibration"]]}
-    records = by_split["val"]
     largest = max(s.height * s.width for split in by_split for s in dm.samples(split))
     # the geometric margin is for defect fractions (decades apart); a head's score is a probability: linear
     calibration = calibrate(by_split, cfg["thresholds"]["min_calibration_defects"],
                             "linear" if head else cfg["thresholds"]["image_margin"], largest)
-    calibrated = calibration["value"]
     if calibration["warning"]:
         _say(out_dir, f"warning: {calibration['warning']}")
     fixed = cfg["thresholds"]["image"]
-    image_threshold = float(fixed) if fixed is not None else calibrated
+    image_threshold = float(fixed) if fixed is not None else calibration["value"]
     algorithm.image_threshold = image_threshold
-    val_metrics = compute_metrics(records, image_threshold)
+    val_metrics = compute_metrics(by_split["val"], image_threshold)
     source = ("fixed" if fixed is not None else
               f"calibrated on {calibration['split']}: {calibration['images']} images, "
               f"{calibration['defective_images']} defective")
     _say(out_dir, f"image threshold {image_threshold:.6f} ({source}; "
                   f"val accuracy {val_metrics['accuracy']:.4f}, val pixel IoU {val_metrics['pixel_iou']:.4f})")
+    return {**calibration, "overridden": fixed is not None}, val_metrics
 
-    doc = parts["doc"]
+
+def _model_card(cfg: dict, parts: dict, trainer, ckpt, history, best: dict, calibration: dict, val_metrics: dict,
+                elapsed: float, resume: bool) -> dict:
+    """model.json of the trained model (asset/modeldir.py describes its keys)."""
+    doc, monitor = parts["doc"], cfg["checkpoint"]["monitor"]
     card = {
         "format": modeldir.FORMAT,
         "created": modeldir.now_iso(),
@@ -355,18 +395,18 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
         "encoder_weights": str(cfg["model"]["encoder_weights"]),
         "classes": 1,
         "weights": modeldir.WEIGHTS,
-        **algorithm.to_card(),
+        **parts["algorithm"].to_card(),
         "decision": decision_card(cfg),
         "dataset": {"name": doc["name"], "version": doc["version"], "path": str(parts["version_dir"]),
                     "splits": doc["splits"], "schema": doc["schema"]},
         "training": {
             "epochs": trainer.current_epoch, "max_epochs": cfg["trainer"]["max_epochs"],
             "global_steps": trainer.global_step, "seconds_this_session": round(elapsed, 1), "resumed": resume,
-            "best_checkpoint": Path(best_path).name,
-            "best_val_iou": _best_iou(best_row, ckpt, monitor),
-            "monitor": monitor, "best_epoch": best_epoch,
+            "best_checkpoint": Path(best["path"]).name,
+            "best_val_iou": _best_iou(best["row"], ckpt, monitor),
+            "monitor": monitor, "best_epoch": best["epoch"],
             "best_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
-            "oversample": d["oversample"],
+            "oversample": cfg["data"]["oversample"],
             "masks": parts["masks"],
             "val_history": [{"epoch": e, **r} for e, r in sorted(history.rows.items())],
             "loss": cfg["loss"]["name"], "optimizer": cfg["optimizer"], "scheduler": cfg["scheduler"],
@@ -378,9 +418,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, overwrite: bool 
     }
     # the network input size of training: the server bounds what one image may cost by it (asset/tiling.py)
     card["input"]["train_size"] = parts["train_size"]
-    card["thresholds"]["image_calibration"] = {**calibration, "overridden": fixed is not None}
-    _say(out_dir, f"model written to {out_dir}")  # before the checksums: train.log is covered by them
-    modeldir.write_card(out_dir, card)
+    card["thresholds"]["image_calibration"] = calibration
     return card
 
 
