@@ -240,6 +240,7 @@ def main() -> None:
             rows += r
             details.append(d)
     for what, ours, base, ratio in rows:
+        what = what.replace("|", "\\|")  # a refusal quotes |logit diff|: escaped, the table keeps its columns
         print(f"| {what} | - | - | - |" if ours is None else f"| {what} | {ours:.1f} ms | {base:.1f} ms | {ratio:.2f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine_info(), "threads": threads, "peak": peak, "batch": 1,
