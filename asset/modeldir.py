@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from asset.errors import AssetError
-from asset.files import TMP_PREFIX, fsync_dir, fsync_tree, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401  (atomic writes and hashes: asset/files.py)
+from asset.files import TMP_PREFIX, fsync_dir, fsync_tree, sha256_file, write_json_atomic, write_text_atomic
 
 FORMAT = "defect-model/1"
 CARD = "model.json"
